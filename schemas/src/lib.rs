@@ -1,0 +1,1 @@
+//! Serde types of manifests and step parameters.
