@@ -158,10 +158,13 @@ fn hash_dir(
     let mut names = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let entry = entry.map_err(|e| io(dir, e))?;
-        let name = entry.file_name().into_string().map_err(|name| Error::Invalid {
-            path: dir.join(&name),
-            reason: "file name is not valid UTF-8".into(),
-        })?;
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|name| Error::Invalid {
+                path: dir.join(&name),
+                reason: "file name is not valid UTF-8".into(),
+            })?;
         if top && VOLATILE_DIRS.contains(&name.as_str()) {
             continue;
         }

@@ -24,7 +24,9 @@ mod store;
 
 pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_tree, hash_tree_with};
 pub use statcache::StatCache;
-pub use store::{GcReport, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport};
+pub use store::{
+    GcReport, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport,
+};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -203,7 +203,8 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        if !self.object_path(&record.artifact).is_dir() && !self.object_path(&record.artifact).is_file()
+        if !self.object_path(&record.artifact).is_dir()
+            && !self.object_path(&record.artifact).is_file()
         {
             return Ok(None);
         }
@@ -375,7 +376,12 @@ impl Store {
 
     /// Removes every artifact not in `keep`, the key records that pointed at them, and abandoned staging
     /// folders; with `scratch`, also the scratch folders of keys nobody is running.
-    pub fn gc(&self, keep: &HashSet<Hash>, scratch: bool, dry_run: bool) -> Result<GcReport, Error> {
+    pub fn gc(
+        &self,
+        keep: &HashSet<Hash>,
+        scratch: bool,
+        dry_run: bool,
+    ) -> Result<GcReport, Error> {
         let mut report = GcReport {
             dry_run,
             ..Default::default()
@@ -545,7 +551,11 @@ fn set_mode(path: &Path, writable: bool) -> Result<(), Error> {
 fn set_permissions(path: &Path, meta: &fs::Metadata, writable: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode();
-    let mode = if writable { mode | 0o200 } else { mode & !0o222 };
+    let mode = if writable {
+        mode | 0o200
+    } else {
+        mode & !0o222
+    };
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 

@@ -1,0 +1,509 @@
+//! Executes a plan: runs steps in dependency order (independent ones concurrently, within a bound),
+//! commits their artifacts, links them under `runs/<pipeline>/<step>`, and writes the run record and the
+//! lockfile.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use lf_cache::{Hash, NewRecord, Store};
+use serde_json::Value as Json;
+use tracing::{info, info_span, warn};
+
+use crate::lockfile::{LockedStep, Lockfile};
+use crate::numerics::Numerics;
+use crate::pipeline::{InputSource, Pipeline};
+use crate::plan::{Plan, PlanOptions, cache_key, explain, input_hashes};
+use crate::progress::Progress;
+use crate::record::{RunRecord, StepRecord, StepStatus};
+use crate::step::StepContext;
+
+/// Options of `lf run`.
+pub struct RunOptions {
+    /// What to plan.
+    pub plan: PlanOptions,
+    /// How many steps may run at once.
+    pub jobs: usize,
+    /// The lockfile to hold the run to (`--locked`).
+    pub locked: Option<Lockfile>,
+    /// Where `runs/<pipeline>/<step>` links go.
+    pub runs_dir: PathBuf,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+/// How one step ended.
+enum Done {
+    Ok {
+        status: StepStatus,
+        key: Hash,
+        artifact: Hash,
+        wall_s: f64,
+        metrics: BTreeMap<String, Json>,
+    },
+    Failed {
+        key: Option<Hash>,
+        error: String,
+        wall_s: f64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Waiting,
+    Running,
+    Finished,
+}
+
+/// Runs the plan. Returns the run record; the caller decides the exit code from `record.ok`.
+pub fn execute(
+    pipeline: &Pipeline,
+    store: &Store,
+    plan: &Plan,
+    options: &RunOptions,
+) -> anyhow::Result<RunRecord> {
+    let started = Instant::now();
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let n = pipeline.steps.len();
+    let mut state = vec![State::Waiting; n];
+    let mut records: BTreeMap<usize, StepRecord> = BTreeMap::new();
+    let mut outputs: BTreeMap<usize, Hash> = BTreeMap::new();
+    let selected = |i: usize| plan.steps[i].is_some();
+    let jobs = options.jobs.max(1);
+
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::channel::<(usize, Done)>();
+        let mut running = 0usize;
+        loop {
+            // Start every ready step, within the bound.
+            for &i in &plan.order {
+                if running >= jobs {
+                    break;
+                }
+                if state[i] != State::Waiting {
+                    continue;
+                }
+                let ups: Vec<usize> = pipeline.upstream(i).filter(|&j| selected(j)).collect();
+                if ups
+                    .iter()
+                    .any(|&j| state[j] == State::Finished && !outputs.contains_key(&j))
+                {
+                    // Something it needs failed or was skipped.
+                    state[i] = State::Finished;
+                    let blocker = ups
+                        .iter()
+                        .find(|&&j| !outputs.contains_key(&j))
+                        .map(|&j| pipeline.steps[j].name.clone())
+                        .unwrap_or_default();
+                    records.insert(
+                        i,
+                        skipped(pipeline, i, &format!("`{blocker}` did not succeed")),
+                    );
+                    continue;
+                }
+                if !ups.iter().all(|j| outputs.contains_key(j)) {
+                    continue;
+                }
+                let inputs = input_hashes(pipeline, store, i, &outputs)?
+                    .expect("every upstream output is known");
+                let input_paths: BTreeMap<String, PathBuf> = pipeline.steps[i]
+                    .inputs
+                    .iter()
+                    .map(|input| {
+                        let path = match &input.source {
+                            InputSource::Step(j) => store.object_path(&outputs[j]),
+                            InputSource::Path(p) => p.clone(),
+                        };
+                        (input.field.clone(), path)
+                    })
+                    .collect();
+                state[i] = State::Running;
+                running += 1;
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let done = run_step(pipeline, store, plan, options, i, &inputs, &input_paths);
+                    let _ = tx.send((i, done));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (i, done) = rx.recv().expect("a worker reports before exiting");
+            running -= 1;
+            state[i] = State::Finished;
+            let step = &pipeline.steps[i];
+            let reasons = plan.steps[i]
+                .as_ref()
+                .map(|p| p.reasons.clone())
+                .unwrap_or_default();
+            let record = match done {
+                Done::Ok {
+                    status,
+                    key,
+                    artifact,
+                    wall_s,
+                    metrics,
+                } => {
+                    outputs.insert(i, artifact);
+                    let path = link_artifact(
+                        &options.runs_dir,
+                        &pipeline.name,
+                        &step.name,
+                        &store.object_path(&artifact),
+                    );
+                    StepRecord {
+                        name: step.name.clone(),
+                        kind: step.kind.kind().into(),
+                        status,
+                        key: Some(key),
+                        artifact: Some(artifact),
+                        path,
+                        wall_s,
+                        metrics,
+                        reasons: if status == StepStatus::Ran {
+                            reasons
+                        } else {
+                            Vec::new()
+                        },
+                        error: None,
+                    }
+                }
+                Done::Failed { key, error, wall_s } => {
+                    options
+                        .progress
+                        .println(&format!("error: step `{}` failed: {error}", step.name));
+                    StepRecord {
+                        name: step.name.clone(),
+                        kind: step.kind.kind().into(),
+                        status: StepStatus::Failed,
+                        key,
+                        artifact: None,
+                        path: None,
+                        wall_s,
+                        metrics: BTreeMap::new(),
+                        reasons,
+                        error: Some(error),
+                    }
+                }
+            };
+            records.insert(i, record);
+        }
+        Ok(())
+    })?;
+
+    let steps: Vec<StepRecord> = plan
+        .order
+        .iter()
+        .map(|i| {
+            records
+                .remove(i)
+                .unwrap_or_else(|| skipped(pipeline, *i, "not reached"))
+        })
+        .collect();
+    let ok = steps
+        .iter()
+        .all(|s| matches!(s.status, StepStatus::Cached | StepStatus::Ran));
+    let record = RunRecord {
+        id: format!("{started_unix_ms}-{}", std::process::id()),
+        pipeline: pipeline.name.clone(),
+        manifest: pipeline.path.clone(),
+        started_unix_ms,
+        wall_s: started.elapsed().as_secs_f64(),
+        numerics: plan.numerics.clone(),
+        ok,
+        steps,
+    };
+    let bytes = serde_json::to_vec_pretty(&record)?;
+    lf_cache::write_atomic(
+        &store.runs_dir().join(format!("{}.json", record.id)),
+        &bytes,
+    )?;
+    lf_cache::write_atomic(
+        &options.runs_dir.join(&pipeline.name).join("run.json"),
+        &bytes,
+    )?;
+    Ok(record)
+}
+
+fn skipped(pipeline: &Pipeline, i: usize, why: &str) -> StepRecord {
+    StepRecord {
+        name: pipeline.steps[i].name.clone(),
+        kind: pipeline.steps[i].kind.kind().into(),
+        status: StepStatus::Skipped,
+        key: None,
+        artifact: None,
+        path: None,
+        wall_s: 0.0,
+        metrics: BTreeMap::new(),
+        reasons: vec![why.to_string()],
+        error: None,
+    }
+}
+
+/// Runs (or finds in the store) one step whose inputs are all available.
+fn run_step(
+    pipeline: &Pipeline,
+    store: &Store,
+    plan: &Plan,
+    options: &RunOptions,
+    i: usize,
+    inputs: &BTreeMap<String, Hash>,
+    input_paths: &BTreeMap<String, PathBuf>,
+) -> Done {
+    let step = &pipeline.steps[i];
+    let _span = info_span!("step", step = %step.name, kind = step.kind.kind()).entered();
+    let started = Instant::now();
+    let planned = plan.steps[i].as_ref().expect("only planned steps run");
+    let key = cache_key(step, planned.pin.as_ref(), inputs, &plan.numerics);
+    let fail = |key: Option<Hash>, error: String| Done::Failed {
+        key,
+        error,
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    if let Some(lock) = &options.locked {
+        if let Err(diff) = check_locked_key(lock, pipeline, store, i, &key.json, &key.hash) {
+            return fail(Some(key.hash), diff);
+        }
+    }
+    let forced = options.plan.force.contains(&step.name);
+    let finish = |status, record: lf_cache::KeyRecord, wall_s| {
+        if let Some(lock) = &options.locked
+            && let Some(locked) = lock.steps.get(&step.name)
+            && locked.output != record.artifact
+        {
+            return fail(
+                Some(key.hash),
+                format!(
+                    "output differs from the lockfile: locked {}, produced {}\nhint: the step is not reproducible; compare `lf cache` objects {} and {}",
+                    locked.output.short(),
+                    record.artifact.short(),
+                    locked.output.short(),
+                    record.artifact.short()
+                ),
+            );
+        }
+        Done::Ok {
+            status,
+            key: key.hash,
+            artifact: record.artifact,
+            wall_s,
+            metrics: record.metrics,
+        }
+    };
+    let lookup = |store: &Store| store.lookup(&key.hash).map_err(|e| format!("{e:#}"));
+    if !forced {
+        match lookup(store) {
+            Ok(Some(record)) => return finish(StepStatus::Cached, record, 0.0),
+            Ok(None) => {}
+            Err(e) => return fail(Some(key.hash), e),
+        }
+    }
+    let _lock = match store.lock(&key.hash, || {
+        options.progress.println(&format!(
+            "step `{}`: another lf process is running it; waiting",
+            step.name
+        ))
+    }) {
+        Ok(lock) => lock,
+        Err(e) => return fail(Some(key.hash), format!("{e:#}")),
+    };
+    if !forced {
+        // Another process may have finished it while we waited.
+        match lookup(store) {
+            Ok(Some(record)) => return finish(StepStatus::Cached, record, 0.0),
+            Ok(None) => {}
+            Err(e) => return fail(Some(key.hash), e),
+        }
+    }
+    let problems = step.kind.check_inputs(&step.params, input_paths);
+    if !problems.is_empty() {
+        let text = problems
+            .iter()
+            .map(|p| {
+                let mut s = format!("`{}`: {}", p.field, p.message);
+                if let Some(h) = &p.hint {
+                    s.push_str(&format!("\nhint: {h}"));
+                }
+                s
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        return fail(Some(key.hash), text);
+    }
+    let staging = match store.stage(&key.hash) {
+        Ok(s) => s,
+        Err(e) => return fail(Some(key.hash), format!("{e:#}")),
+    };
+    let scratch = match store.scratch_dir(&key.hash) {
+        Ok(s) => s,
+        Err(e) => return fail(Some(key.hash), format!("{e:#}")),
+    };
+    let progress = options.progress.for_step(&step.name);
+    let spinner = progress.spinner(&format!("running ({})", step.kind.kind()));
+    info!(key = %key.hash.short(), "running");
+    let metrics = Arc::new(Mutex::new(BTreeMap::new()));
+    let result = {
+        let mut cx = StepContext {
+            step: &step.name,
+            out_dir: staging.path(),
+            scratch_dir: &scratch,
+            manifest_dir: &pipeline.dir,
+            inputs: input_paths,
+            pin: planned.pin.as_ref(),
+            numerics: &plan.numerics,
+            offline: options.plan.offline,
+            metrics: metrics.clone(),
+            progress: &progress,
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step.kind.run(&step.params, &mut cx)
+        }))
+    };
+    spinner.finish_and_clear();
+    let wall_s = started.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return fail(Some(key.hash), format!("{e:#}")),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            return fail(
+                Some(key.hash),
+                format!("the step panicked: {what} (this is a bug in lf)"),
+            );
+        }
+    }
+    let metrics = std::mem::take(&mut *metrics.lock().unwrap());
+    let record = store.commit(
+        staging,
+        &key.hash,
+        NewRecord {
+            kind: step.kind.kind(),
+            step: &step.name,
+            wall_s,
+            metrics,
+            key_json: key.json.clone(),
+        },
+    );
+    match record {
+        Ok(record) => finish(StepStatus::Ran, record, wall_s),
+        Err(e) => fail(Some(key.hash), format!("{e:#}")),
+    }
+}
+
+fn check_locked_key(
+    lock: &Lockfile,
+    pipeline: &Pipeline,
+    store: &Store,
+    i: usize,
+    json: &Json,
+    key: &Hash,
+) -> Result<(), String> {
+    let step = &pipeline.steps[i];
+    let Some(locked) = lock.steps.get(&step.name) else {
+        return Err(format!(
+            "step `{}` is not in the lockfile\nhint: run without `--locked` to update it",
+            step.name
+        ));
+    };
+    if &locked.key == key {
+        return Ok(());
+    }
+    let why = match store.record(&locked.key) {
+        Some(prev) => explain(&prev.key_json, json, pipeline, i).join("; "),
+        None => {
+            let mut why = Vec::new();
+            if locked.pin.as_ref() != json.get("pin") {
+                why.push(format!(
+                    "remote input resolves to {} but the lockfile has {}",
+                    json.get("pin").map_or("nothing".into(), |p| p.to_string()),
+                    locked
+                        .pin
+                        .as_ref()
+                        .map_or("nothing".into(), |p| p.to_string())
+                ));
+            }
+            if why.is_empty() {
+                why.push("parameters, inputs or the implementation differ".into());
+            }
+            why.join("; ")
+        }
+    };
+    Err(format!(
+        "cache key differs from the lockfile (locked {}, now {}): {why}\nhint: run without `--locked` to update the lockfile",
+        locked.key.short(),
+        key.short()
+    ))
+}
+
+/// Points `runs/<pipeline>/<step>` at an artifact (replacing any older link atomically).
+fn link_artifact(runs_dir: &Path, pipeline: &str, step: &str, object: &Path) -> Option<PathBuf> {
+    let dir = runs_dir.join(pipeline);
+    let link = dir.join(step);
+    let result = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{step}.{}.link", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(object, &tmp)?;
+        #[cfg(not(unix))]
+        std::fs::write(&tmp, object.display().to_string())?;
+        if link.is_dir() && !link.is_symlink() {
+            std::fs::remove_dir_all(&link)?;
+        }
+        std::fs::rename(&tmp, &link)
+    })();
+    match result {
+        Ok(()) => Some(link),
+        Err(e) => {
+            warn!("cannot link `{}`: {e}", link.display());
+            None
+        }
+    }
+}
+
+/// Builds the lockfile after a run: this run's steps, plus the previous entries of steps it did not
+/// reach (so `--only` does not forget the rest).
+pub fn updated_lockfile(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    record: &RunRecord,
+    numerics: &Numerics,
+    previous: Option<&Lockfile>,
+) -> Lockfile {
+    let mut steps = BTreeMap::new();
+    for step in &pipeline.steps {
+        let ran = record
+            .steps
+            .iter()
+            .find(|s| s.name == step.name && s.key.is_some() && s.artifact.is_some());
+        if let Some(s) = ran {
+            let index = pipeline.index_of(&step.name).expect("step exists");
+            let pin = plan.steps[index].as_ref().and_then(|p| p.pin.clone());
+            steps.insert(
+                step.name.clone(),
+                LockedStep {
+                    kind: s.kind.clone(),
+                    key: s.key.expect("checked"),
+                    output: s.artifact.expect("checked"),
+                    pin,
+                },
+            );
+        } else if let Some(prev) = previous.and_then(|l| l.steps.get(&step.name)) {
+            steps.insert(step.name.clone(), prev.clone());
+        }
+    }
+    Lockfile {
+        version: crate::lockfile::LOCK_VERSION,
+        pipeline: pipeline.name.clone(),
+        numerics: numerics.clone(),
+        steps,
+    }
+}
