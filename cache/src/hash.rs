@@ -204,6 +204,50 @@ fn hash_dir(
     Ok(Hash(*hasher.finalize().as_bytes()))
 }
 
+/// Hashes the files under `root` whose relative path (with `/` separators) `keep` accepts: blake3 over
+/// the sorted `(path, content hash)` pairs. Used when a step's cache key depends on part of an input
+/// artifact only (the tokenizer files of a model, not its weights).
+pub fn hash_files(root: &Path, keep: &(dyn Fn(&str) -> bool + Sync)) -> Result<Hash, Error> {
+    let mut files = Vec::new();
+    collect_files(root, root, &mut files)?;
+    files.retain(|rel| keep(rel));
+    files.sort();
+    let hashes: Vec<Hash> = files
+        .par_iter()
+        .map(|rel| hash_file(&root.join(rel)))
+        .collect::<Result<_, _>>()?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"lf-files-v1\0");
+    for (rel, hash) in files.iter().zip(hashes) {
+        hasher.update(rel.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&hash.0);
+    }
+    Ok(Hash(*hasher.finalize().as_bytes()))
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if fs::metadata(dir).map_err(io)?.is_file() {
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            out.push(name.to_string());
+        }
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(unix)]
 fn is_executable(meta: &fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -273,6 +317,19 @@ mod tests {
         write(dir.path(), "big.bin", &bytes);
         let h = hash_file(&dir.path().join("big.bin")).unwrap();
         assert_eq!(h, Hash::of_bytes(&bytes));
+    }
+
+    #[test]
+    fn file_subsets_ignore_what_is_left_out() {
+        let a = tempfile::tempdir().unwrap();
+        write(a.path(), "tokenizer.json", b"tok");
+        write(a.path(), "model.safetensors", b"w1");
+        let tok = |rel: &str| rel.starts_with("tokenizer");
+        let h1 = hash_files(a.path(), &tok).unwrap();
+        write(a.path(), "model.safetensors", b"w2");
+        assert_eq!(h1, hash_files(a.path(), &tok).unwrap());
+        write(a.path(), "tokenizer.json", b"tok2");
+        assert_ne!(h1, hash_files(a.path(), &tok).unwrap());
     }
 
     #[test]

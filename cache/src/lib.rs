@@ -22,7 +22,7 @@ mod hash;
 mod statcache;
 mod store;
 
-pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_tree, hash_tree_with};
+pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_files, hash_tree, hash_tree_with};
 pub use statcache::StatCache;
 pub use store::{
     GcReport, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport,

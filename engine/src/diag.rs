@@ -175,12 +175,18 @@ pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    // Close by edit distance (typos, swapped letters) or by Jaro-Winkler (shared prefixes).
+    let len = word.chars().count();
+    let max_edits = (len / 3).max(1);
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .filter_map(|c| {
+            let edits = strsim::osa_distance(word, c);
+            let jw = strsim::jaro_winkler(word, c);
+            (edits < len && (edits <= max_edits || jw > 0.85)).then_some((edits, -jw, c))
+        })
+        .min_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)))
+        .map(|(_, _, c)| c)
 }
 
 /// `` `a`, `b` and `c` `` for messages.
@@ -240,7 +246,8 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("lrr", ["lr", "epochs"]), None.or(Some("lr")));
+        assert_eq!(did_you_mean("lrr", ["lr", "epochs"]), Some("lr"));
+        assert_eq!(did_you_mean("rnu", ["env", "inputs", "run"]), Some("run"));
         assert_eq!(
             did_you_mean("learning_rat", ["learning_rate", "epochs"]),
             Some("learning_rate")

@@ -64,6 +64,8 @@ pub struct ResolvedInput {
     pub field: String,
     /// What it is.
     pub source: InputSource,
+    /// Only these files (glob patterns) count for the cache key; empty: all.
+    pub files: Vec<String>,
 }
 
 /// Where an input comes from.
@@ -149,6 +151,11 @@ pub fn load(
         ]);
     };
 
+    // Problems of the whole file point at its first line.
+    let top = Span {
+        start: 0,
+        end: text.find('\n').unwrap_or(text.len()).max(1).min(text.len()),
+    };
     for (key, _) in entries {
         let k = key.as_scalar_text().unwrap_or_default();
         if !TOP_KEYS.contains(&k) {
@@ -171,7 +178,7 @@ pub fn load(
         },
         None => {
             cx.error(
-                Diagnostic::error("missing key `name`", Some(root.span))
+                Diagnostic::error("missing key `name`", Some(top))
                     .hint("add `name: my-pipeline`: it names the `runs/<name>/` folder"),
             );
             String::new()
@@ -209,9 +216,20 @@ pub fn load(
 
     let env = template_env();
     let mut steps = Vec::new();
+    // Every declared name, including steps that failed validation: references to them are not errors.
+    let declared: Vec<String> = root
+        .get("steps")
+        .and_then(Node::as_map)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|(k, _)| k.as_scalar_text().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     match root.get("steps").map(|n| (n, n.as_map())) {
         None => cx.error(
-            Diagnostic::error("missing key `steps`", Some(root.span))
+            Diagnostic::error("missing key `steps`", Some(top))
                 .hint("a manifest lists its steps under `steps:`, each with a `kind`"),
         ),
         Some((_, Some(entries))) => {
@@ -258,7 +276,12 @@ pub fn load(
                 resolved.push(ResolvedInput {
                     field,
                     source: InputSource::Step(j),
+                    files: input.files.clone(),
                 });
+                continue;
+            }
+            if !must_be_path && declared.iter().any(|n| n == text) {
+                // The step exists but has errors of its own, already reported.
                 continue;
             }
             if may_be_path {
@@ -267,17 +290,18 @@ pub fn load(
                     resolved.push(ResolvedInput {
                         field,
                         source: InputSource::Path(full),
+                        files: input.files.clone(),
                     });
                     continue;
                 }
             }
-            let hint = match did_you_mean(text, names.iter().map(String::as_str)) {
+            let hint = match did_you_mean(text, declared.iter().map(String::as_str)) {
                 Some(near) if !must_be_path => format!("did you mean `{near}`?"),
                 _ if must_be_path => format!(
                     "paths are relative to the manifest's folder `{}`",
                     dir.display()
                 ),
-                _ => format!("defined steps are {}", list(&names)),
+                _ => format!("defined steps are {}", list(&declared)),
             };
             let message = match &input.target {
                 Target::Step(_) => format!("step `{}` needs unknown step `{text}`", step.name),
@@ -372,13 +396,14 @@ impl Loader<'_> {
         match yaml::from_node::<T>(node) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.de_error(e, node.span, &format!("`{key}`"));
+                self.de_error(e, node.span, &format!("`{key}`"), "the manifest");
                 None
             }
         }
     }
 
-    fn de_error(&mut self, e: DeError, fallback: Span, place: &str) {
+    /// Reports a deserialization error; `subject` starts the message, `place` names where keys live.
+    fn de_error(&mut self, e: DeError, fallback: Span, subject: &str, place: &str) {
         let span = e.span.unwrap_or(fallback);
         let diag = match e.unknown_field {
             Some((field, expected)) => {
@@ -390,7 +415,7 @@ impl Loader<'_> {
                     .label("unknown key")
                     .hint(hint)
             }
-            None => Diagnostic::error(format!("{place}: {}", e.message), Some(span)),
+            None => Diagnostic::error(format!("{subject}: {}", e.message), Some(span)),
         };
         self.error(diag);
     }
@@ -492,13 +517,10 @@ impl Loader<'_> {
                 if e.span == Some(params.span) {
                     e.span = Some(key.span);
                 }
-                self.de_error(e, key.span, &place);
+                self.de_error(e, key.span, &format!("step `{name}`"), &place);
                 return None;
             }
         };
-        if self.diags.len() > before {
-            return None;
-        }
         let problems = kind.check(&parsed);
         self.problems(&name, &params, key.span, problems);
         Some(PipelineStep {

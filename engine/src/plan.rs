@@ -281,16 +281,28 @@ pub fn input_hashes(
 ) -> anyhow::Result<Option<BTreeMap<String, Hash>>> {
     let mut hashes = BTreeMap::new();
     for input in &pipeline.steps[index].inputs {
-        let hash = match &input.source {
-            InputSource::Step(j) => match outputs.get(j) {
-                Some(h) => *h,
+        let hash = match (&input.source, input.files.is_empty()) {
+            (InputSource::Step(j), files) => match outputs.get(j) {
+                Some(h) if files => *h,
+                Some(h) => subset_hash(&store.object_path(h), &input.files)?,
                 None => return Ok(None),
             },
-            InputSource::Path(path) => store.hash_input(path)?,
+            (InputSource::Path(path), true) => store.hash_input(path)?,
+            (InputSource::Path(path), false) => subset_hash(path, &input.files)?,
         };
         hashes.insert(input.field.clone(), hash);
     }
     Ok(Some(hashes))
+}
+
+/// The hash of the files under `root` matching any of `patterns`.
+fn subset_hash(root: &std::path::Path, patterns: &[String]) -> anyhow::Result<Hash> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for p in patterns {
+        builder.add(globset::Glob::new(p)?);
+    }
+    let set = builder.build()?;
+    Ok(lf_cache::hash_files(root, &|rel| set.is_match(rel))?)
 }
 
 /// Why a step's key differs from its previous key, in words.

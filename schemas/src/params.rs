@@ -26,6 +26,10 @@ pub struct Input {
     pub field: FieldPath,
     /// What it refers to.
     pub target: Target,
+    /// Glob patterns (relative paths inside the artifact or folder): when not empty, only the matching
+    /// files count for the cache key, e.g. the tokenizer files of a model, not its weights. The step
+    /// still sees the whole artifact.
+    pub files: Vec<String>,
 }
 
 impl Input {
@@ -34,6 +38,7 @@ impl Input {
         Input {
             field,
             target: Target::Step(name.into()),
+            files: Vec::new(),
         }
     }
 
@@ -42,6 +47,7 @@ impl Input {
         Input {
             field,
             target: Target::StepOrPath(text.into()),
+            files: Vec::new(),
         }
     }
 
@@ -50,7 +56,14 @@ impl Input {
         Input {
             field,
             target: Target::Path(path.into()),
+            files: Vec::new(),
         }
+    }
+
+    /// Keys the input by the files matching `patterns` only (see [`Input::files`]).
+    pub fn only_files(mut self, patterns: &[&str]) -> Input {
+        self.files = patterns.iter().map(|p| p.to_string()).collect();
+        self
     }
 }
 

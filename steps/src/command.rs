@@ -58,6 +58,7 @@ impl Step for Command {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        die_with_parent(&mut process);
         for (name, target) in &params.inputs {
             let path = cx.input(&format!("inputs.{name}"))?;
             process.env(input_var(name), std::path::absolute(path)?);
@@ -81,6 +82,32 @@ impl Step for Command {
         Ok(())
     }
 }
+
+/// Makes the program die when lf does: a killed run must not leave the program writing into the step's
+/// scratch folder while the next run resumes from it.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(process: &mut Process) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec; it only calls async-signal-safe functions
+    // (prctl, getppid) and allocates nothing.
+    unsafe {
+        process.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // lf may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_process: &mut Process) {}
 
 /// `LF_INPUT_<NAME>`: upper-cased, `-` and other non-alphanumerics become `_`.
 pub fn input_var(name: &str) -> String {

@@ -151,6 +151,9 @@ impl Step for Download {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if !cx.offline() {
+            repo.write_ref(&params.revision, &commit)?;
+        }
         cx.metric("files", files.len());
         Ok(())
     }

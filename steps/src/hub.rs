@@ -129,6 +129,19 @@ impl HubRepo {
         .with_context(|| format!("cannot download `{file}` of `{}`", self.id))
     }
 
+    /// Records `refs/<revision>` = `commit` in the cache, as the hub client does, so offline runs (of lf
+    /// or of Python tools) find the revision later.
+    pub fn write_ref(&self, revision: &str, commit: &str) -> anyhow::Result<()> {
+        if is_commit(revision) {
+            return Ok(());
+        }
+        let path = self.folder().join("refs").join(revision);
+        std::fs::create_dir_all(path.parent().expect("refs has a parent"))?;
+        std::fs::write(&path, commit)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+        Ok(())
+    }
+
     /// Files of a commit present in the local cache, relative to the snapshot.
     pub fn cached_files(&self, commit: &str) -> Vec<String> {
         let root = self.snapshot(commit);
