@@ -141,49 +141,51 @@ fn mock_hub(files: Vec<(&'static str, &'static str)>) -> String {
                 .nth(1)
                 .unwrap_or("/")
                 .to_string();
-            let (status, headers, body): (&str, Vec<(String, String)>, Vec<u8>) =
-                if path == "/api/models/acme/tiny/revision/main" {
-                    let siblings: Vec<String> = files
-                        .iter()
-                        .map(|(n, _)| format!("{{\"rfilename\":\"{n}\"}}"))
-                        .collect();
-                    let body = format!(
-                        "{{\"sha\":\"{SHA1}\",\"siblings\":[{}]}}",
-                        siblings.join(",")
-                    );
-                    (
-                        "200 OK",
-                        vec![("content-type".into(), "application/json".into())],
-                        body.into_bytes(),
-                    )
-                } else if let Some((name, content)) = files
+            let (status, headers, body): (&str, Vec<(String, String)>, Vec<u8>) = if path
+                == "/api/models/acme/tiny/revision/main"
+                || path == format!("/api/models/acme/tiny/revision/{SHA1}")
+            {
+                let siblings: Vec<String> = files
                     .iter()
-                    .find(|(n, _)| path == format!("/acme/tiny/resolve/{SHA1}/{n}"))
-                {
-                    let _ = name;
-                    let bytes = content.as_bytes();
-                    let start = range_start.unwrap_or(0).min(bytes.len());
-                    let body = bytes[start..].to_vec();
-                    let etag = format!("\"{}\"", &blake3::hash(bytes).to_hex()[..40]);
-                    (
-                        "206 Partial Content",
-                        vec![
-                            ("etag".into(), etag),
-                            ("x-repo-commit".into(), SHA1.into()),
-                            (
-                                "content-range".into(),
-                                format!(
-                                    "bytes {start}-{}/{}",
-                                    bytes.len().saturating_sub(1),
-                                    bytes.len()
-                                ),
+                    .map(|(n, _)| format!("{{\"rfilename\":\"{n}\"}}"))
+                    .collect();
+                let body = format!(
+                    "{{\"sha\":\"{SHA1}\",\"siblings\":[{}]}}",
+                    siblings.join(",")
+                );
+                (
+                    "200 OK",
+                    vec![("content-type".into(), "application/json".into())],
+                    body.into_bytes(),
+                )
+            } else if let Some((name, content)) = files
+                .iter()
+                .find(|(n, _)| path == format!("/acme/tiny/resolve/{SHA1}/{n}"))
+            {
+                let _ = name;
+                let bytes = content.as_bytes();
+                let start = range_start.unwrap_or(0).min(bytes.len());
+                let body = bytes[start..].to_vec();
+                let etag = format!("\"{}\"", &blake3::hash(bytes).to_hex()[..40]);
+                (
+                    "206 Partial Content",
+                    vec![
+                        ("etag".into(), etag),
+                        ("x-repo-commit".into(), SHA1.into()),
+                        (
+                            "content-range".into(),
+                            format!(
+                                "bytes {start}-{}/{}",
+                                bytes.len().saturating_sub(1),
+                                bytes.len()
                             ),
-                        ],
-                        body,
-                    )
-                } else {
-                    ("404 Not Found", Vec::new(), b"not found".to_vec())
-                };
+                        ),
+                    ],
+                    body,
+                )
+            } else {
+                ("404 Not Found", Vec::new(), b"not found".to_vec())
+            };
             let mut response = format!(
                 "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n",
                 body.len()

@@ -424,6 +424,8 @@ fn dispatch(app: &App, cli: &Cli) -> anyhow::Result<ExitCode> {
                     locked: None,
                     runs_dir: cli.runs_dir.clone(),
                     progress: Progress::new(!cli.quiet && std::io::stderr().is_terminal()),
+                    previous: BTreeMap::new(),
+                    log_steps: !cli.quiet && !std::io::stderr().is_terminal(),
                 },
             )?;
             let step = record.steps.iter().find(|s| s.name == args.step);
@@ -774,6 +776,7 @@ fn run_command(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::Res
         None
     };
     let progress = Progress::new(!cli.quiet && std::io::stderr().is_terminal());
+    let previous = previous_keys(cli, &pipeline, lock.as_ref());
     let record = run::execute(
         &pipeline,
         &store,
@@ -784,6 +787,8 @@ fn run_command(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::Res
             locked: locked.clone(),
             runs_dir: cli.runs_dir.clone(),
             progress,
+            previous,
+            log_steps: !cli.quiet && !std::io::stderr().is_terminal(),
         },
     )?;
     if locked.is_none() {

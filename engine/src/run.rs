@@ -32,6 +32,10 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Progress display.
     pub progress: Progress,
+    /// The previous key of each step, to explain why a step that was pending at plan time ran.
+    pub previous: crate::plan::Previous,
+    /// Print a line per step to stderr (when progress bars are not shown and output is not quiet).
+    pub log_steps: bool,
 }
 
 /// How one step ended.
@@ -42,6 +46,7 @@ enum Done {
         artifact: Hash,
         wall_s: f64,
         metrics: BTreeMap<String, Json>,
+        reasons: Vec<String>,
     },
     Failed {
         key: Option<Hash>,
@@ -136,10 +141,6 @@ pub fn execute(
             running -= 1;
             state[i] = State::Finished;
             let step = &pipeline.steps[i];
-            let reasons = plan.steps[i]
-                .as_ref()
-                .map(|p| p.reasons.clone())
-                .unwrap_or_default();
             let record = match done {
                 Done::Ok {
                     status,
@@ -147,7 +148,14 @@ pub fn execute(
                     artifact,
                     wall_s,
                     metrics,
+                    reasons,
                 } => {
+                    if options.log_steps {
+                        match status {
+                            StepStatus::Ran => eprintln!("  finished {} in {wall_s:.1}s", step.name),
+                            _ => eprintln!("    cached {}", step.name),
+                        }
+                    }
                     outputs.insert(i, artifact);
                     let path = link_artifact(
                         &options.runs_dir,
@@ -164,15 +172,15 @@ pub fn execute(
                         path,
                         wall_s,
                         metrics,
-                        reasons: if status == StepStatus::Ran {
-                            reasons
-                        } else {
-                            Vec::new()
-                        },
+                        reasons,
                         error: None,
                     }
                 }
                 Done::Failed { key, error, wall_s } => {
+                    let reasons = plan.steps[i]
+                        .as_ref()
+                        .map(|p| p.reasons.clone())
+                        .unwrap_or_default();
                     options
                         .progress
                         .println(&format!("error: step `{}` failed: {error}", step.name));
@@ -286,12 +294,18 @@ fn run_step(
                 ),
             );
         }
+        let reasons = if status == StepStatus::Ran {
+            why_it_ran(pipeline, store, plan, options, i, &key)
+        } else {
+            Vec::new()
+        };
         Done::Ok {
             status,
             key: key.hash,
             artifact: record.artifact,
             wall_s,
             metrics: record.metrics,
+            reasons,
         }
     };
     let lookup = |store: &Store| store.lookup(&key.hash).map_err(|e| format!("{e:#}"));
@@ -342,6 +356,9 @@ fn run_step(
         Ok(s) => s,
         Err(e) => return fail(Some(key.hash), format!("{e:#}")),
     };
+    if options.log_steps {
+        eprintln!("   running {} ({})", step.name, step.kind.kind());
+    }
     let progress = options.progress.for_step(&step.name);
     let spinner = progress.spinner(&format!("running ({})", step.kind.kind()));
     info!(key = %key.hash.short(), "running");
@@ -395,6 +412,34 @@ fn run_step(
     match record {
         Ok(record) => finish(StepStatus::Ran, record, wall_s),
         Err(e) => fail(Some(key.hash), format!("{e:#}")),
+    }
+}
+
+/// The reasons a step ran: the plan's, or, for a step that was pending at plan time, what changed since
+/// its previous key.
+fn why_it_ran(
+    pipeline: &Pipeline,
+    store: &Store,
+    plan: &Plan,
+    options: &RunOptions,
+    i: usize,
+    key: &crate::plan::Key,
+) -> Vec<String> {
+    let step = &pipeline.steps[i];
+    if options.plan.force.contains(&step.name) {
+        return vec!["forced".into()];
+    }
+    let planned = plan.steps[i].as_ref().expect("planned");
+    if planned.status == crate::plan::Status::Run {
+        return planned.reasons.clone();
+    }
+    match options
+        .previous
+        .get(&step.name)
+        .and_then(|h| store.record(h))
+    {
+        Some(prev) => explain(&prev.key_json, &key.json, pipeline, i),
+        None => vec!["new".into()],
     }
 }
 
