@@ -854,9 +854,10 @@ fn print_summary(record: &RunRecord) {
         let metrics = s
             .metrics
             .iter()
-            .map(|(k, v)| match v.as_f64() {
-                Some(f) => format!("{k}={f:.4}"),
-                None => format!("{k}={v}"),
+            .map(|(k, v)| match v {
+                Json::Number(n) if n.is_f64() => format!("{k}={:.4}", n.as_f64().unwrap_or_default()),
+                Json::String(s) => format!("{k}={s}"),
+                _ => format!("{k}={v}"),
             })
             .collect::<Vec<_>>()
             .join(" ");

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Goldens and checks for lf's GGUF export (`export` step).
+
+Default mode writes tests/fixtures/export/quant_golden.json: seeded float32
+inputs (as their bit patterns, so they round-trip exactly) and the bytes
+gguf-py produces for them as Q8_0, F16 and BF16 (gguf.quants.quantize, which
+is bit-exact with ggml's reference quantizers).  lf's test
+`export::tests::quantisation_matches_gguf_py` compares its own encoders with
+these bytes.
+
+    /work/venv/bin/python scripts/goldens/export_gguf.py
+
+Check mode reads GGUF files written by lf with gguf-py's GGUFReader and
+compares every tensor with the Hugging Face folder exported beside it
+(dequantised with gguf.quants.dequantize, Q/K rows un-permuted for `llama`):
+
+    /work/venv/bin/python scripts/goldens/export_gguf.py --check runs/<pipeline>/<export-step>
+
+Check mode writes nothing; it exits non-zero on a mismatch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import gguf
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import dequantize, quantize
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "tests" / "fixtures" / "export" / "quant_golden.json"
+
+
+def cases() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(20240601)
+    out = [
+        ("normal", rng.normal(0.0, 0.05, 128).astype(np.float32)),
+        ("wide", (rng.standard_cauchy(64) * 3.0).astype(np.float32)),
+        ("zeros_block", np.zeros(32, dtype=np.float32)),
+    ]
+    # Exact halves after scaling: max |x| = 127 makes d = 1.
+    halves = np.zeros(32, dtype=np.float32)
+    halves[:8] = [127.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5]
+    out.append(("halves", halves))
+    tiny = rng.normal(0.0, 1e-6, 32).astype(np.float32)
+    out.append(("tiny", tiny))
+    return out
+
+
+def hexbytes(a: np.ndarray) -> str:
+    return a.tobytes().hex()
+
+
+def write_golden() -> None:
+    rows = []
+    for name, x in cases():
+        rows.append({
+            "name": name,
+            "input_bits": [int(b) for b in x.view(np.uint32)],
+            "q8_0": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q8_0)),
+            "f16": hexbytes(quantize(x, Q.F16)),
+            "bf16": hexbytes(quantize(x, Q.BF16)),
+        })
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({
+        "generator": "scripts/goldens/export_gguf.py",
+        "gguf_py": importlib.metadata.version("gguf"),
+        "numpy": np.__version__,
+        "cases": rows,
+    }, indent=1) + "\n")
+    print(f"wrote {OUT}")
+
+
+def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    rows = w.shape[0]
+    hd = rows // n_head
+    return (w.reshape(n_head, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
+
+
+def check(folder: Path) -> int:
+    from safetensors.numpy import load_file
+
+    hf = {}
+    index = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    for f in files:
+        hf.update({k: v.astype(np.float32) for k, v in load_file(folder / f).items()})
+    config = json.loads((folder / "config.json").read_text())
+    bad = 0
+    for path in sorted(folder.glob("*.gguf")):
+        r = gguf.GGUFReader(path)
+        arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
+        print(f"{path.name}: arch {arch}, {len(r.tensors)} tensors, version {r.fields['GGUF.version'].parts[-1][0]}")
+        for t in r.tensors:
+            name = t.name
+            data = dequantize(t.data, t.tensor_type).reshape([int(d) for d in reversed(t.shape)]) if t.tensor_type not in (Q.F32, Q.F16) else np.asarray(t.data, dtype=np.float32)
+            if name == "rope_freqs.weight":
+                continue
+            hf_name = GGUF_TO_HF(name)
+            if hf_name not in hf:
+                print(f"  {name}: no HF tensor {hf_name}")
+                bad += 1
+                continue
+            want = hf[hf_name]
+            if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+                heads = config["num_attention_heads"] if ".attn_q." in name else config.get("num_key_value_heads", config["num_attention_heads"])
+                data = unpermute(data.reshape(want.shape), heads)
+            data = data.reshape(want.shape)
+            err = float(np.abs(data - want).max())
+            tol = {Q.F32: 0.0, Q.F16: 1e-3, Q.BF16: 1e-2, Q.Q8_0: float(np.abs(want).max()) / 127.0}[t.tensor_type]
+            if err > tol:
+                print(f"  {name} ({t.tensor_type.name}): max abs err {err} > {tol}")
+                bad += 1
+        print(f"  tokens: {len(r.fields['tokenizer.ggml.tokens'].data)}, pre: {bytes(r.fields['tokenizer.ggml.pre'].parts[-1]).decode()}")
+    print("ok" if bad == 0 else f"{bad} mismatches")
+    return 1 if bad else 0
+
+
+def GGUF_TO_HF(name: str) -> str:
+    fixed = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+    if name in fixed:
+        return fixed[name]
+    _, layer, module, suffix = name.split(".")
+    m = {
+        "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+        "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+        "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    }[module]
+    return f"model.layers.{layer}.{m}.{suffix}"
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", type=Path, help="an export artifact folder to verify")
+    args = ap.parse_args()
+    if args.check:
+        sys.exit(check(args.check))
+    write_golden()
