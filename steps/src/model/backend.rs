@@ -12,8 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 /// The CPU backend: burn's pure-Rust `Flex` backend (f32 by default; bf16 tensors are supported).
 pub type Cpu = burn::backend::Flex;
-/// The device of [`Cpu`].
-pub type CpuDevice = burn::backend::flex::FlexDevice;
+/// The device of [`Cpu`] (a unit struct: `CpuDevice` is also its value).
+pub use burn::backend::flex::FlexDevice as CpuDevice;
 /// [`Cpu`] with automatic differentiation, for training.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
@@ -150,6 +150,10 @@ impl fmt::Display for Dtype {
 }
 
 /// Work that runs on any backend (inference). [`run_inference`] picks the backend.
+///
+/// The backend's default float type stays f32 even for [`Dtype::Bf16`]: the model creates its
+/// tensors in the requested dtype explicitly, while conversions that rely on the default (integer
+/// positions to floats for RoPE) stay exact.
 pub trait InferenceTask {
     /// What the task returns.
     type Output;
@@ -172,12 +176,9 @@ pub fn run_inference<T: InferenceTask>(
     task: T,
 ) -> anyhow::Result<T::Output> {
     match device.resolve()? {
-        ResolvedDevice::Cpu => Ok(task.run::<Cpu>(CpuDevice::default(), dtype)),
+        ResolvedDevice::Cpu => Ok(task.run::<Cpu>(CpuDevice, dtype)),
         #[cfg(feature = "cuda")]
-        ResolvedDevice::Cuda(i) => Ok(match dtype {
-            Dtype::F32 => task.run::<Cuda>(CudaDevice::new(i), dtype),
-            Dtype::Bf16 => task.run::<CudaBf16>(CudaDevice::new(i), dtype),
-        }),
+        ResolvedDevice::Cuda(i) => Ok(task.run::<Cuda>(CudaDevice::new(i), dtype)),
         #[cfg(not(feature = "cuda"))]
         ResolvedDevice::Cuda(_) => unreachable!("resolve() refuses cuda without the feature"),
     }
@@ -190,16 +191,11 @@ pub fn run_training<T: TrainingTask>(
     task: T,
 ) -> anyhow::Result<T::Output> {
     match device.resolve()? {
-        ResolvedDevice::Cpu => Ok(task.run::<CpuAutodiff>(CpuDevice::default(), dtype)),
+        ResolvedDevice::Cpu => Ok(task.run::<CpuAutodiff>(CpuDevice, dtype)),
         #[cfg(feature = "cuda")]
-        ResolvedDevice::Cuda(i) => Ok(match dtype {
-            Dtype::F32 => {
-                task.run::<burn::backend::Autodiff<Cuda>>(CudaDevice::new(i), dtype)
-            }
-            Dtype::Bf16 => {
-                task.run::<burn::backend::Autodiff<CudaBf16>>(CudaDevice::new(i), dtype)
-            }
-        }),
+        ResolvedDevice::Cuda(i) => {
+            Ok(task.run::<burn::backend::Autodiff<Cuda>>(CudaDevice::new(i), dtype))
+        }
         #[cfg(not(feature = "cuda"))]
         ResolvedDevice::Cuda(_) => unreachable!("resolve() refuses cuda without the feature"),
     }

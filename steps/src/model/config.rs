@@ -147,10 +147,9 @@ pub struct ModelConfig {
 fn get_usize(obj: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|x| Some(x as usize))
-            .ok_or_else(|| Error::config(format!("`{key}` must be a non-negative integer, got {v}"))),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+            Error::config(format!("`{key}` must be a non-negative integer, got {v}"))
+        }),
     }
 }
 
@@ -202,9 +201,8 @@ fn parse_rope_scaling(obj: &Map<String, Value>) -> Result<Option<RopeScaling>> {
         .or_else(|| obj.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let factor = || {
-        get_f64(obj, "factor")?.ok_or_else(|| Error::config("rope scaling lacks `factor`"))
-    };
+    let factor =
+        || get_f64(obj, "factor")?.ok_or_else(|| Error::config("rope scaling lacks `factor`"));
     match kind {
         "default" => Ok(None),
         "linear" => Ok(Some(RopeScaling::Linear { factor: factor()? })),
@@ -353,13 +351,16 @@ impl ModelConfig {
                 return Err(Error::config(format!("`{name}` must be positive")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(Error::config(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(format!(
                 "`head_dim` ({}) must be even for RoPE",
                 self.head_dim
@@ -413,8 +414,14 @@ impl ModelConfig {
         m.insert("hidden_size".into(), json!(self.hidden_size));
         m.insert("intermediate_size".into(), json!(self.intermediate_size));
         m.insert("num_hidden_layers".into(), json!(self.num_hidden_layers));
-        m.insert("num_attention_heads".into(), json!(self.num_attention_heads));
-        m.insert("num_key_value_heads".into(), json!(self.num_key_value_heads));
+        m.insert(
+            "num_attention_heads".into(),
+            json!(self.num_attention_heads),
+        );
+        m.insert(
+            "num_key_value_heads".into(),
+            json!(self.num_key_value_heads),
+        );
         m.insert("head_dim".into(), json!(self.head_dim));
         m.insert("hidden_act".into(), json!("silu"));
         m.insert(
@@ -558,9 +565,7 @@ impl ModelConfig {
                     .ok_or_else(|| Error::gguf("linear rope scaling without a factor"))?,
             }),
             Some(other) => {
-                return Err(Error::Unsupported(format!(
-                    "GGUF rope scaling `{other}`"
-                )));
+                return Err(Error::Unsupported(format!("GGUF rope scaling `{other}`")));
             }
         };
         if file.tensor("rope_freqs.weight").is_some() {
@@ -572,7 +577,10 @@ impl ModelConfig {
         let o_bias = file.tensor("blk.0.attn_output.bias").is_some();
         let mlp_bias = file.tensor("blk.0.ffn_up.bias").is_some();
         let qk_norm = file.tensor("blk.0.attn_q_norm.weight").is_some();
-        let tok = |k: &str| file.meta_u64(&format!("tokenizer.ggml.{k}")).map(|v| v as u32);
+        let tok = |k: &str| {
+            file.meta_u64(&format!("tokenizer.ggml.{k}"))
+                .map(|v| v as u32)
+        };
         let cfg = ModelConfig {
             arch,
             vocab_size,

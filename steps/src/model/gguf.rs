@@ -416,8 +416,7 @@ impl GgufFile {
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
         // Each key/value takes at least 8 (key length) + 4 (type) + 1 bytes, each tensor info 24.
-        if n_kv.saturating_mul(13) > c.remaining() || n_tensors.saturating_mul(24) > c.remaining()
-        {
+        if n_kv.saturating_mul(13) > c.remaining() || n_tensors.saturating_mul(24) > c.remaining() {
             return Err(Error::gguf(format!(
                 "header claims {n_kv} metadata entries and {n_tensors} tensors, more than the file can hold"
             )));
@@ -578,11 +577,15 @@ impl GgufFile {
         let info = self
             .tensor(name)
             .ok_or_else(|| Error::gguf(format!("no tensor `{name}`")))?;
-        let data = dequantize(info.ggml_type, self.tensor_bytes(info), info.n_elements as usize)
-            .map_err(|e| match e {
-                Error::Unsupported(m) => Error::Unsupported(format!("tensor `{name}`: {m}")),
-                other => other,
-            })?;
+        let data = dequantize(
+            info.ggml_type,
+            self.tensor_bytes(info),
+            info.n_elements as usize,
+        )
+        .map_err(|e| match e {
+            Error::Unsupported(m) => Error::Unsupported(format!("tensor `{name}`: {m}")),
+            other => other,
+        })?;
         Ok((data, info.hf_shape()))
     }
 }
@@ -597,7 +600,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let (be, bb) = ty.block();
     let (be, bb) = (be as usize, bb as usize);
-    if n % be != 0 || bytes.len() != n / be * bb {
+    if !n.is_multiple_of(be) || bytes.len() != n / be * bb {
         return Err(Error::gguf(format!(
             "{ty}: {} bytes do not hold {n} elements",
             bytes.len()
@@ -775,7 +778,9 @@ pub fn write_gguf(
         }
     }
     fn id_of(t: GgmlType) -> u32 {
-        (0..31).find(|&i| GgmlType::from_id(i) == Some(t)).unwrap_or(0)
+        (0..31)
+            .find(|&i| GgmlType::from_id(i) == Some(t))
+            .unwrap_or(0)
     }
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
@@ -913,7 +918,7 @@ mod tests {
         let mut b2 = b.clone();
         b2[4..16].copy_from_slice(&scales2);
         let got2 = dequantize(GgmlType::Q4_K, &b2, 256).unwrap();
-        let want = 0.5 * (sc[4] + 16) as f32 * ((4 % 16) as f32) - 0.25 * mn[4] as f32;
+        let want = 0.5 * (sc[4] + 16) as f32 * 4.0 - 0.25 * mn[4] as f32;
         assert_eq!(got2[128], want);
     }
 
@@ -926,10 +931,16 @@ mod tests {
         for half in 0..2 {
             for l in 0..32 {
                 let base = 128 * half;
-                let (q1, q2, q3, q4) = (q(base + l), q(base + l + 32), q(base + l + 64), q(base + l + 96));
+                let (q1, q2, q3, q4) = (
+                    q(base + l),
+                    q(base + l + 32),
+                    q(base + l + 64),
+                    q(base + l + 96),
+                );
                 ql[64 * half + l] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
                 ql[64 * half + l + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
-                qh[32 * half + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+                qh[32 * half + l] =
+                    (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
             }
         }
         let scales: Vec<u8> = (0..16).map(|s| (s as i8 - 8) as u8).collect();
@@ -956,18 +967,27 @@ mod tests {
 
     fn sample_file() -> Vec<u8> {
         let meta = vec![
-            ("general.architecture".to_string(), GgufValue::String("llama".into())),
+            (
+                "general.architecture".to_string(),
+                GgufValue::String("llama".into()),
+            ),
             ("a.u8".into(), GgufValue::U8(7)),
             ("a.i16".into(), GgufValue::I16(-3)),
             ("a.f64".into(), GgufValue::F64(2.5)),
             ("a.bool".into(), GgufValue::Bool(true)),
             (
                 "a.arr".into(),
-                GgufValue::Array(vec![GgufValue::String("x".into()), GgufValue::String("yz".into())]),
+                GgufValue::Array(vec![
+                    GgufValue::String("x".into()),
+                    GgufValue::String("yz".into()),
+                ]),
             ),
             (
                 "a.nested".into(),
-                GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(-2)])]),
+                GgufValue::Array(vec![GgufValue::Array(vec![
+                    GgufValue::I32(1),
+                    GgufValue::I32(-2),
+                ])]),
             ),
         ];
         let w: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();

@@ -91,7 +91,9 @@ impl Rng {
 
     /// `n` values drawn from `normal(mean, std)`, as f32.
     pub fn normal_vec(&mut self, n: usize, mean: f64, std: f64) -> Vec<f32> {
-        (0..n).map(|_| (mean + std * self.normal()) as f32).collect()
+        (0..n)
+            .map(|_| (mean + std * self.normal()) as f32)
+            .collect()
     }
 
     /// `n` values drawn uniformly from `[lo, hi)`, as f32.

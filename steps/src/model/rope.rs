@@ -55,7 +55,8 @@ impl Rope {
                     } else {
                         *f
                     };
-                    let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    // transformers: `~(wavelen < high) * ~(wavelen > low)` (wavelengths are never NaN).
+                    let medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     *f = if medium {
                         let smooth = (old_ctx / wavelen - low) / (high - low);
                         (1.0 - smooth) * scaled / factor + smooth * scaled
@@ -100,7 +101,11 @@ impl Rope {
 /// # Shapes
 /// - `x`: `[batch, heads, seq, head_dim]`
 /// - `cos`, `sin`: `[batch, 1, seq, head_dim / 2]`
-pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn apply_rotary<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
     let [_, _, _, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().narrow(3, 0, half);

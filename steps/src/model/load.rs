@@ -1,0 +1,635 @@
+//! Loading and saving models: HF safetensors directories (single file or sharded through
+//! `model.safetensors.index.json`, f32/f16/bf16), GGUF files, seeded random initialisation, and
+//! saving to a HF directory (`config.json` + `model.safetensors`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, View};
+
+use super::backend::Dtype;
+use super::config::{Arch, ModelConfig};
+use super::error::{Error, Result};
+use super::gguf::GgufFile;
+use super::gguf_tokenizer::TokenizerBundle;
+use super::llama::{Llama, TensorSource};
+use super::rng::Rng;
+
+/// File contents, memory-mapped or owned.
+pub enum Bytes {
+    /// A read-only memory map of a file.
+    Mapped(memmap2::Mmap),
+    /// Bytes in memory.
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+impl Bytes {
+    /// Maps `path` read-only.
+    #[allow(unsafe_code)]
+    pub fn map(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            // Mapping an empty file fails on some platforms; nothing to map anyway.
+            return Ok(Bytes::Owned(Vec::new()));
+        }
+        // SAFETY: the map is read-only and private to this process. Model files are not expected
+        // to change while loaded; if one is truncated underneath us the OS may raise SIGBUS, the
+        // usual caveat of every mmap-based loader (safetensors, llama.cpp), accepted for the
+        // memory savings on multi-GB checkpoints.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Bytes::Mapped(map))
+    }
+}
+
+/// What kind of checkpoint a path holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A HF directory with `config.json` and safetensors weights.
+    HfDir(PathBuf),
+    /// A GGUF file.
+    Gguf(PathBuf),
+}
+
+impl ModelFormat {
+    /// Decides how to read `path`: a `.gguf` file, a directory with `config.json`, a directory
+    /// holding exactly one `.gguf`, or a `.safetensors` file next to a `config.json`.
+    pub fn detect(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_file() {
+            return match path.extension().and_then(|e| e.to_str()) {
+                Some("gguf") => Ok(ModelFormat::Gguf(path.to_owned())),
+                Some("safetensors") | Some("json") => {
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    if dir.join("config.json").is_file() {
+                        Ok(ModelFormat::HfDir(dir.to_owned()))
+                    } else {
+                        Err(Error::config(format!(
+                            "`{}` has no `config.json` beside it",
+                            path.display()
+                        )))
+                    }
+                }
+                _ => Err(Error::config(format!(
+                    "`{}` is neither a `.gguf` file nor a model directory",
+                    path.display()
+                ))),
+            };
+        }
+        if path.join("config.json").is_file() {
+            return Ok(ModelFormat::HfDir(path.to_owned()));
+        }
+        let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        ggufs.sort();
+        match ggufs.len() {
+            1 => Ok(ModelFormat::Gguf(ggufs.remove(0))),
+            0 => Err(Error::config(format!(
+                "`{}` holds neither `config.json` nor a `.gguf` file",
+                path.display()
+            ))),
+            _ => Err(Error::config(format!(
+                "`{}` holds several `.gguf` files ({}); pass one of them",
+                path.display(),
+                ggufs
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| format!("`{}`", n.to_string_lossy())))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+struct StFile {
+    path: PathBuf,
+    bytes: Bytes,
+    header_len: usize,
+    meta: Metadata,
+}
+
+impl StFile {
+    fn open(path: &Path) -> Result<Self> {
+        let bytes = Bytes::map(path)?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|source| Error::Safetensors {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(StFile {
+            path: path.to_owned(),
+            bytes,
+            header_len,
+            meta,
+        })
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.meta.tensors().into_keys().collect()
+    }
+
+    fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let info = self.meta.info(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_owned(),
+            path: Some(self.path.clone()),
+        })?;
+        if info.shape != shape {
+            return Err(Error::Shape {
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                got: info.shape.clone(),
+            });
+        }
+        // read_metadata validated that the offsets lie inside the buffer.
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        let raw = &self.bytes[start..end];
+        let n: usize = shape.iter().product();
+        let bad_len = || Error::Config {
+            path: Some(self.path.clone()),
+            msg: format!("tensor `{name}` has {} bytes for {n} elements", raw.len()),
+        };
+        Ok(match info.dtype {
+            StDtype::F32 => {
+                if raw.len() != 4 * n {
+                    return Err(bad_len());
+                }
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+            StDtype::F16 => {
+                if raw.len() != 2 * n {
+                    return Err(bad_len());
+                }
+                raw.chunks_exact(2)
+                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect()
+            }
+            StDtype::BF16 => {
+                if raw.len() != 2 * n {
+                    return Err(bad_len());
+                }
+                raw.chunks_exact(2)
+                    .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                    .collect()
+            }
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "tensor `{name}` in `{}` has dtype {other:?}; supported: F32, F16, BF16",
+                    self.path.display()
+                )));
+            }
+        })
+    }
+}
+
+/// HF-named tensors from one safetensors file or a sharded set.
+pub struct SafetensorsSource {
+    files: Vec<StFile>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorsSource {
+    /// Opens the weights of a HF directory: `model.safetensors.index.json` if present, else
+    /// `model.safetensors`, else the only `*.safetensors` file.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.is_file() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    path: Some(index_path.clone()),
+                    msg: "missing `weight_map`".into(),
+                })?;
+            let mut shard_names: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect();
+            shard_names.sort();
+            shard_names.dedup();
+            let mut files = Vec::new();
+            let mut by_name = HashMap::new();
+            for s in &shard_names {
+                if s.contains('/') || s.contains('\\') || s.contains("..") {
+                    return Err(Error::Config {
+                        path: Some(index_path.clone()),
+                        msg: format!("shard name `{s}` must be a plain file name"),
+                    });
+                }
+                by_name.insert(s.clone(), files.len());
+                files.push(StFile::open(&dir.join(s))?);
+            }
+            let mut index = HashMap::new();
+            for (tensor, shard) in map {
+                if let Some(&i) = shard.as_str().and_then(|s| by_name.get(s)) {
+                    index.insert(tensor.clone(), i);
+                }
+            }
+            return Ok(SafetensorsSource { files, index });
+        }
+        let single = dir.join("model.safetensors");
+        let path = if single.is_file() {
+            single
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            match found.len() {
+                1 => found.remove(0),
+                0 => {
+                    let hint = if dir.join("pytorch_model.bin").exists() {
+                        "\nhint: `pytorch_model.bin` checkpoints are not supported; convert them to safetensors"
+                    } else {
+                        ""
+                    };
+                    return Err(Error::Config {
+                        path: Some(dir.to_owned()),
+                        msg: format!("no safetensors weights found{hint}"),
+                    });
+                }
+                _ => {
+                    return Err(Error::Config {
+                        path: Some(dir.to_owned()),
+                        msg: "several safetensors files but no `model.safetensors.index.json`"
+                            .into(),
+                    });
+                }
+            }
+        };
+        Self::open_file(&path)
+    }
+
+    /// Opens a single safetensors file.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let f = StFile::open(path)?;
+        let index = f.names().into_iter().map(|n| (n, 0)).collect();
+        Ok(SafetensorsSource {
+            files: vec![f],
+            index,
+        })
+    }
+
+    /// Names of all tensors.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.index.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.index.get(name) {
+            Some(&i) => self.files[i].read(name, shape),
+            None => Err(Error::MissingTensor {
+                name: name.to_owned(),
+                path: self.files.first().map(|f| f.path.clone()),
+            }),
+        }
+    }
+}
+
+/// The GGUF name of a HF tensor name (llama.cpp's naming).
+pub fn gguf_tensor_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// Undoes llama.cpp's permutation of Q/K rows for its interleaved RoPE: within each head of
+/// width `hd`, GGUF row `2·d + j` is HF row `j·hd/2 + d`.
+pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for d in 0..half {
+            for j in 0..2 {
+                let src = h * hd + 2 * d + j;
+                let dst = h * hd + j * half + d;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// HF-named tensors dequantised from a GGUF file.
+pub struct GgufSource<'a> {
+    file: &'a GgufFile,
+    config: &'a ModelConfig,
+}
+
+impl<'a> GgufSource<'a> {
+    /// A source over `file`, whose config is `config`.
+    pub fn new(file: &'a GgufFile, config: &'a ModelConfig) -> Self {
+        GgufSource { file, config }
+    }
+}
+
+impl TensorSource for GgufSource<'_> {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let gname = gguf_tensor_name(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_owned(),
+            path: self.file.path().map(Path::to_owned),
+        })?;
+        if self.file.tensor(&gname).is_none() {
+            return Err(Error::Gguf {
+                path: self.file.path().map(Path::to_owned),
+                msg: format!("missing tensor `{gname}` (HF `{name}`)"),
+            });
+        }
+        let (data, got) = self.file.dequantize(&gname)?;
+        // A 1-D tensor may be stored as [n] or [1, n].
+        let same = got == shape
+            || got.iter().product::<usize>() == shape.iter().product::<usize>()
+                && got
+                    .iter()
+                    .filter(|&&d| d != 1)
+                    .eq(shape.iter().filter(|&&d| d != 1));
+        if !same {
+            return Err(Error::Shape {
+                name: name.to_owned(),
+                expected: shape.to_vec(),
+                got,
+            });
+        }
+        // llama.cpp permutes Q/K of `llama` models for its interleaved RoPE; qwen2/3 use NeoX
+        // (rotate-half) RoPE there and are stored unpermuted.
+        let permuted = matches!(self.config.arch, Arch::Llama | Arch::Mistral);
+        if permuted && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
+            let heads = if gname.contains(".attn_q.") {
+                self.config.num_attention_heads
+            } else {
+                self.config.num_key_value_heads
+            };
+            let rows = shape[0];
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            return Ok(unpermute_rows(&data, rows, cols, heads));
+        }
+        Ok(data)
+    }
+}
+
+/// Deterministic random initialisation as transformers' `_init_weights` does it: projections and
+/// embeddings `normal(0, initializer_range)`, biases zero, norms one, the padding row zero. Each
+/// tensor draws from its own stream (seed, HF name), independent of burn's global RNG.
+pub struct RandomInit {
+    /// The seed.
+    pub seed: u64,
+    /// Standard deviation.
+    pub std: f64,
+    /// Embedding row to zero.
+    pub pad_token_id: Option<u32>,
+}
+
+impl TensorSource for RandomInit {
+    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let n: usize = shape.iter().product();
+        if name.ends_with("norm.weight") {
+            return Ok(vec![1.0; n]);
+        }
+        if name.ends_with(".bias") {
+            return Ok(vec![0.0; n]);
+        }
+        let mut v = Rng::for_stream(self.seed, name).normal_vec(n, 0.0, self.std);
+        if name == "model.embed_tokens.weight"
+            && let Some(pad) = self.pad_token_id
+        {
+            let (rows, cols) = (shape[0], shape[1]);
+            if (pad as usize) < rows {
+                v[pad as usize * cols..(pad as usize + 1) * cols].fill(0.0);
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// A randomly initialised model (see [`RandomInit`]), identical for equal seeds.
+    pub fn init(config: &ModelConfig, seed: u64, device: &B::Device, dtype: Dtype) -> Result<Self> {
+        let mut src = RandomInit {
+            seed,
+            std: config.initializer_range,
+            pad_token_id: config.pad_token_id,
+        };
+        Llama::from_source(config, &mut src, device, dtype.burn())
+    }
+}
+
+/// A loaded model and what it was loaded from.
+#[derive(Debug)]
+pub struct LoadedModel<B: Backend> {
+    /// The model.
+    pub model: Llama<B>,
+    /// Its config (also at `model.config`).
+    pub config: ModelConfig,
+    /// Where it came from.
+    pub format: ModelFormat,
+}
+
+/// Loads a model from a HF directory, a `.gguf` file, or a directory holding one `.gguf`.
+pub fn load_model<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    dtype: Dtype,
+) -> Result<LoadedModel<B>> {
+    let format = ModelFormat::detect(path)?;
+    let (model, config) = match &format {
+        ModelFormat::HfDir(dir) => {
+            let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+            let mut src = SafetensorsSource::open_dir(dir)?;
+            let model = Llama::from_source(&config, &mut src, device, dtype.burn())
+                .map_err(|e| e.at(dir))?;
+            (model, config)
+        }
+        ModelFormat::Gguf(file) => {
+            let gguf = GgufFile::open(file)?;
+            let config = ModelConfig::from_gguf(&gguf).map_err(|e| e.at(file))?;
+            let mut src = GgufSource::new(&gguf, &config);
+            let model = Llama::from_source(&config, &mut src, device, dtype.burn())
+                .map_err(|e| e.at(file))?;
+            (model, config)
+        }
+    };
+    Ok(LoadedModel {
+        model,
+        config,
+        format,
+    })
+}
+
+/// Loads the tokenizer of a model path (see [`load_model`] for the accepted layouts).
+pub fn load_tokenizer(path: &Path) -> Result<TokenizerBundle> {
+    match ModelFormat::detect(path)? {
+        ModelFormat::HfDir(dir) => TokenizerBundle::from_hf_dir(&dir),
+        ModelFormat::Gguf(file) => {
+            let gguf = GgufFile::open(&file)?;
+            super::gguf_tokenizer::tokenizer_from_gguf(&gguf).map_err(|e| e.at(&file))
+        }
+    }
+}
+
+/// Element type of saved safetensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveDtype {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl SaveDtype {
+    fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::F16 => "float16",
+            SaveDtype::Bf16 => "bfloat16",
+        }
+    }
+}
+
+struct OwnedView {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &OwnedView {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn encode(values: &[f32], dtype: SaveDtype) -> (StDtype, Vec<u8>) {
+    match dtype {
+        SaveDtype::F32 => (
+            StDtype::F32,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+        SaveDtype::F16 => (
+            StDtype::F16,
+            values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes())
+                .collect(),
+        ),
+        SaveDtype::Bf16 => (
+            StDtype::BF16,
+            values
+                .iter()
+                .flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes())
+                .collect(),
+        ),
+    }
+}
+
+/// Writes `named` tensors to a safetensors file with the `{"format": "pt"}` metadata transformers
+/// expects.
+pub fn write_safetensors(
+    path: &Path,
+    named: Vec<(String, Vec<f32>, Vec<usize>)>,
+    dtype: SaveDtype,
+) -> Result<()> {
+    let views: Vec<(String, OwnedView)> = named
+        .into_iter()
+        .map(|(name, values, shape)| {
+            let (dtype, data) = encode(&values, dtype);
+            (name, OwnedView { dtype, shape, data })
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(meta), path)
+        .map_err(|source| Error::Safetensors {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Saves `model` as a HF directory: `config.json` and `model.safetensors` with HF names.
+///
+/// LoRA adapters are not included (merge them first with [`Llama::merge_lora`], or save them with
+/// [`Llama::lora_tensors`]).
+pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut config = model.config.clone();
+    config.torch_dtype = Some(dtype.torch_name().into());
+    let cfg_path = dir.join("config.json");
+    let text =
+        serde_json::to_string_pretty(&config.to_hf_json()).map_err(|source| Error::Json {
+            path: cfg_path.clone(),
+            source,
+        })?;
+    std::fs::write(&cfg_path, text + "\n").map_err(|e| Error::io(&cfg_path, e))?;
+    let named = model
+        .hf_tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let (values, shape) = t.to_f32();
+            (name, values, shape)
+        })
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), named, dtype)
+}
