@@ -1,0 +1,155 @@
+//! `lf bench train`: training throughput (tokens per second through forward, backward and AdamW) and
+//! the process's peak memory, on random token ids.
+//!
+//! Without `--model` it trains the quickstart's tiny model (full weights); with `--model PATH` (a Hugging
+//! Face folder or GGUF file) it trains LoRA adapters (rank 8, every linear layer) beside the frozen
+//! model. `--size` is the sequence length (default 256); batches hold 4 sequences.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use lf_engine::cli::{BenchArgs, DeviceArgPub};
+use serde_json::{Value as Json, json};
+
+use super::artifact::ModelSource;
+use super::loss::LmBatch;
+use super::params::Method;
+use super::trainer::{AdamW, Trainer};
+use crate::data::Batch;
+use crate::model::backend::{DeviceChoice, TrainingTask, run_training};
+use crate::model::linear::LoraConfig;
+use crate::model::rng::Rng;
+use crate::model::{Arch, Dtype, Llama, ModelConfig};
+
+/// Sequences per batch.
+const BATCH: usize = 4;
+/// Steps run before timing.
+const WARMUP: usize = 1;
+/// Steps timed.
+const STEPS: usize = 4;
+
+/// The quickstart's model (`pipelines/quickstart.yaml`), with a 4096-token vocabulary.
+pub fn quickstart_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 4096,
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        num_key_value_heads: 4,
+        head_dim: 64,
+        max_position_embeddings: 2048,
+        tie_word_embeddings: true,
+        ..ModelConfig::tiny(Arch::Llama)
+    }
+}
+
+/// Runs the benchmark.
+pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
+    let device = match args.device {
+        DeviceArgPub::Auto => DeviceChoice::Auto,
+        DeviceArgPub::Cpu => DeviceChoice::Cpu,
+        DeviceArgPub::Cuda => DeviceChoice::Cuda,
+    };
+    let resolved = device.resolve()?;
+    let dtype = if matches!(resolved, crate::model::backend::ResolvedDevice::Cpu) {
+        Dtype::F32
+    } else {
+        Dtype::Bf16
+    };
+    let seq = args.size.unwrap_or(256) as usize;
+    let task = Bench {
+        source: match &args.model {
+            Some(p) => Some(ModelSource::detect(p)?),
+            None => None,
+        },
+        seq,
+    };
+    let mut out = run_training(device, dtype, task)??;
+    out["device"] = json!(resolved.to_string());
+    out["dtype"] = json!(dtype.to_string());
+    Ok(out)
+}
+
+struct Bench {
+    source: Option<ModelSource>,
+    seq: usize,
+}
+
+impl TrainingTask for Bench {
+    type Output = anyhow::Result<Json>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<Json> {
+        let (model, method, name) = match &self.source {
+            None => (
+                Llama::<B>::init(&quickstart_config(), 42, &device, dtype)?,
+                Method::Full,
+                "quickstart tiny llama (full)".to_string(),
+            ),
+            Some(src) => (
+                src.load::<B>(&device, dtype)?.merge_lora(),
+                Method::Lora(LoraConfig {
+                    rank: 8,
+                    alpha: 16.0,
+                    dropout: 0.0,
+                    rslora: false,
+                    targets: vec!["all-linear".into()],
+                }),
+                format!("{} (LoRA r=8, all linear)", src.tokenizer_path().display()),
+            ),
+        };
+        let vocab = model.config.vocab_size;
+        let params = model.config.num_params();
+        let mut trainer = Trainer::new(model, &method, AdamW::default(), 42)?;
+        let mut rng = Rng::new(7);
+        let n = BATCH * self.seq;
+        let mut batch = || {
+            let ids: Vec<u32> = (0..n)
+                .map(|_| (rng.next_u64() % vocab as u64) as u32)
+                .collect();
+            let b = Batch {
+                shape: [BATCH, self.seq],
+                labels: ids.iter().map(|&i| i as i32).collect(),
+                input_ids: ids,
+                attention_mask: vec![1; n],
+                position_ids: vec![0; n],
+                segment_ids: vec![1; n],
+            };
+            LmBatch::new(&b, false)
+        };
+        let mut one_step = |trainer: &mut Trainer<B>| {
+            let b = batch();
+            let denom = b.n_scored() as f64;
+            trainer.accumulate(&b, denom);
+            trainer.step(1e-4, 1.0);
+        };
+        for _ in 0..WARMUP {
+            one_step(&mut trainer);
+        }
+        let start = Instant::now();
+        for _ in 0..STEPS {
+            one_step(&mut trainer);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        Ok(json!({
+            "benchmark": "train",
+            "model": name,
+            "params": params,
+            "trainable_params": trainer.trained_params(),
+            "batch": BATCH,
+            "seq_len": self.seq,
+            "steps": STEPS,
+            "step_s": secs / STEPS as f64,
+            "tokens_per_s": (STEPS * n) as f64 / secs,
+            "peak_rss_mib": peak_rss_mib(),
+        }))
+    }
+}
+
+/// The process's peak resident memory in MiB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((kb / 1024.0 * 10.0).round() / 10.0)
+}

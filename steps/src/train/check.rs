@@ -1,0 +1,274 @@
+//! The problems a training step can have before it starts: values the types allow but training cannot
+//! use ([`check_params`]), and mismatches between the parameters, the model and the data
+//! ([`check_inputs`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use lf_engine::Problem;
+use lf_schemas::FieldPath;
+use lf_schemas::kinds::TrainParams;
+use lf_schemas::kinds::dataset::Stage;
+use lf_schemas::kinds::train::FinetuningType;
+
+use super::artifact::ModelSource;
+use super::params::{EXTRA_MODULES, LAYER_MODULES, LINEAR_MODULES};
+use crate::data::artifact::read_info;
+use crate::data::tokenizer_fingerprint;
+
+fn key(k: &str) -> FieldPath {
+    FieldPath::key(k)
+}
+
+fn list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks values the types cannot express.
+pub fn check_params(p: &TrainParams) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut positive = |field: &str, v: f64| {
+        if !(v.is_finite() && v > 0.0) {
+            out.push(Problem::new(
+                key(field),
+                format!("must be a positive number, got {v}"),
+            ));
+        }
+    };
+    positive("learning_rate", p.learning_rate);
+    positive("adam_epsilon", p.adam_epsilon);
+    if p.max_steps.is_none() {
+        positive("epochs", p.epochs);
+    }
+    for (field, v) in [("adam_beta1", p.adam_beta1), ("adam_beta2", p.adam_beta2)] {
+        if !(0.0..1.0).contains(&v) {
+            out.push(Problem::new(
+                key(field),
+                format!("must be in [0, 1), got {v}"),
+            ));
+        }
+    }
+    for (field, v) in [
+        ("weight_decay", p.weight_decay),
+        ("max_grad_norm", p.max_grad_norm),
+    ] {
+        if !(v.is_finite() && v >= 0.0) {
+            out.push(Problem::new(
+                key(field),
+                format!("must be 0 or more, got {v}"),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&p.warmup_ratio) {
+        out.push(Problem::new(
+            key("warmup_ratio"),
+            format!("must be in [0, 1], got {}", p.warmup_ratio),
+        ));
+    }
+    for (field, v) in [
+        ("batch_size", p.batch_size),
+        ("gradient_accumulation_steps", p.gradient_accumulation_steps),
+    ] {
+        if v == 0 {
+            out.push(Problem::new(key(field), "must be at least 1"));
+        }
+    }
+    if p.max_steps == Some(0) {
+        out.push(
+            Problem::new(key("max_steps"), "must be at least 1")
+                .hint("leave it out to train for `epochs`"),
+        );
+    }
+    let lora = &p.lora;
+    let lf = || key("lora");
+    if lora.rank == 0 {
+        out.push(Problem::new(lf().then("rank"), "must be at least 1"));
+    }
+    if let Some(a) = lora.alpha
+        && !(a.is_finite() && a > 0.0)
+    {
+        out.push(Problem::new(
+            lf().then("alpha"),
+            format!("must be a positive number, got {a}"),
+        ));
+    }
+    if !(0.0..1.0).contains(&lora.dropout) {
+        out.push(Problem::new(
+            lf().then("dropout"),
+            format!("must be in [0, 1), got {}", lora.dropout),
+        ));
+    }
+    if lora.target.is_empty() {
+        out.push(
+            Problem::new(lf().then("target"), "names no module")
+                .hint(format!("use `all`, or some of {}", list(&LINEAR_MODULES))),
+        );
+    }
+    for (i, t) in lora.target.iter().enumerate() {
+        if t != "all" && !LINEAR_MODULES.contains(&t.as_str()) {
+            out.push(
+                Problem::new(
+                    lf().then("target").at(i),
+                    format!("`{t}` matches no linear module of the model"),
+                )
+                .hint(format!(
+                    "the model's linear modules are {}; `all` adapts every one of them",
+                    list(&LINEAR_MODULES)
+                )),
+            );
+        }
+    }
+    let fz = || key("freeze");
+    if p.freeze.trainable_layers == 0 {
+        out.push(
+            Problem::new(fz().then("trainable_layers"), "must not be 0")
+                .hint("a positive number trains the last layers, a negative one the first"),
+        );
+    }
+    for (i, m) in p.freeze.trainable_modules.iter().enumerate() {
+        if m != "all" && !LAYER_MODULES.contains(&m.as_str()) {
+            out.push(
+                Problem::new(
+                    fz().then("trainable_modules").at(i),
+                    format!("`{m}` is not a module of a decoder layer"),
+                )
+                .hint(format!("use `all`, or some of {}", list(&LAYER_MODULES))),
+            );
+        }
+    }
+    for (i, m) in p.freeze.extra_modules.iter().enumerate() {
+        if !EXTRA_MODULES.contains(&m.as_str()) {
+            out.push(
+                Problem::new(
+                    fz().then("extra_modules").at(i),
+                    format!("`{m}` is not a module outside the layers"),
+                )
+                .hint(format!("use some of {}", list(&EXTRA_MODULES))),
+            );
+        }
+    }
+    out
+}
+
+/// Checks the parameters against the model and the dataset (`stage` is what the kind trains on;
+/// `finetuning` the resolved finetuning type).
+pub fn check_inputs(
+    p: &TrainParams,
+    stage: Stage,
+    finetuning: FinetuningType,
+    inputs: &BTreeMap<String, PathBuf>,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let (Some(model_dir), Some(data_dir)) = (inputs.get("model"), inputs.get("dataset")) else {
+        return out;
+    };
+    let source = match ModelSource::detect(model_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(Problem::new(key("model"), format!("{e:#}")).hint(
+                "point `model` at a Hugging Face folder, a `.gguf` file, or a training step's artifact",
+            ));
+            return out;
+        }
+    };
+    let config = match source.config() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.push(Problem::new(key("model"), format!("{e:#}")));
+            None
+        }
+    };
+    match read_info(data_dir) {
+        Err(e) => out.push(
+            Problem::new(key("dataset"), format!("{e:#}"))
+                .hint("`dataset` must name a `dataset` step"),
+        ),
+        Ok(info) => {
+            if info.stage != stage {
+                let kind = if stage == Stage::Pt {
+                    "pretrain"
+                } else {
+                    "sft"
+                };
+                out.push(
+                    Problem::new(
+                        key("dataset"),
+                        format!(
+                            "`{}` was prepared for stage `{}`, but `{kind}` trains on stage `{}` data",
+                            p.dataset,
+                            info.stage.name(),
+                            stage.name()
+                        ),
+                    )
+                    .hint(format!("set `stage: {}` on the dataset step", stage.name())),
+                );
+            }
+            match tokenizer_fingerprint(source.tokenizer_path()) {
+                Ok(fp) if fp != info.tokenizer_fingerprint => out.push(
+                    Problem::new(
+                        key("dataset"),
+                        format!(
+                            "`{}` was tokenized with another tokenizer than `{}`'s (fingerprint {} vs {})",
+                            p.dataset,
+                            p.model,
+                            short(&info.tokenizer_fingerprint),
+                            short(&fp)
+                        ),
+                    )
+                    .hint(format!(
+                        "set `model: {}` on the dataset step, so it tokenizes with this model's tokenizer",
+                        p.model
+                    )),
+                ),
+                Ok(_) => {}
+                Err(e) => out.push(Problem::new(
+                    key("model"),
+                    format!("cannot read the model's tokenizer: {e:#}"),
+                )),
+            }
+            if let Some(c) = &config
+                && info.vocab_size > c.vocab_size
+            {
+                out.push(Problem::new(
+                    key("dataset"),
+                    format!(
+                        "the data's vocabulary has {} tokens, the model's embedding only {}",
+                        info.vocab_size, c.vocab_size
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(c) = &config
+        && finetuning == FinetuningType::Freeze
+    {
+        let n = p.freeze.trainable_layers.unsigned_abs() as usize;
+        if n > c.num_hidden_layers {
+            out.push(Problem::new(
+                key("freeze").then("trainable_layers"),
+                format!(
+                    "asks for {n} layers, but the model has {}",
+                    c.num_hidden_layers
+                ),
+            ));
+        }
+        if p.freeze.extra_modules.iter().any(|m| m == "lm_head") && c.tie_word_embeddings {
+            out.push(
+                Problem::new(
+                    key("freeze").then("extra_modules"),
+                    "the model has no separate `lm_head`: it shares `embed_tokens`",
+                )
+                .hint("train `embed_tokens` instead"),
+            );
+        }
+    }
+    out
+}
+
+fn short(fp: &str) -> &str {
+    &fp[..fp.len().min(12)]
+}

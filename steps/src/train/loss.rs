@@ -1,0 +1,145 @@
+//! The causal language-modelling loss, as transformers computes it: the logits at position `t` are
+//! scored against the label at `t + 1`, labels of `-100` are ignored, and the loss is a token-level sum
+//! that the caller divides by the trained tokens of the whole (accumulated) batch.
+//!
+//! Only the positions that are scored go through the LM head: the hidden states are gathered first, so
+//! the `[tokens, vocab]` logits of prompts and padding are never formed.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+use crate::data::Batch;
+use crate::model::ops;
+use crate::model::{ForwardInput, Llama};
+
+/// The label that is not trained.
+pub const IGNORE: i32 = -100;
+
+/// A collated batch with its scored positions, on the host.
+///
+/// # Shapes
+/// - `ids`, `positions`, `segments`: `[rows, cols]`, row-major
+/// - `scored`, `targets`: `[n]`
+#[derive(Debug, Clone)]
+pub struct LmBatch {
+    /// `[rows, cols]`.
+    pub shape: [usize; 2],
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// Explicit positions and segments (neat packing only: otherwise positions are `0..cols` and
+    /// right padding cannot affect the real tokens under a causal mask).
+    pub packed: Option<(Vec<i64>, Vec<i64>)>,
+    /// Flat indices `row·cols + t` of the positions whose next token is trained.
+    pub scored: Vec<i64>,
+    /// The token each scored position must predict.
+    pub targets: Vec<i64>,
+    /// Tokens in the batch (padding excluded), for throughput.
+    pub tokens: usize,
+}
+
+impl LmBatch {
+    /// Prepares a collated batch; `packed` passes position and segment ids to the model.
+    pub fn new(batch: &Batch, packed: bool) -> LmBatch {
+        let [rows, cols] = batch.shape;
+        let mut scored = Vec::new();
+        let mut targets = Vec::new();
+        for r in 0..rows {
+            for t in 0..cols.saturating_sub(1) {
+                let label = batch.labels[r * cols + t + 1];
+                if label != IGNORE {
+                    scored.push((r * cols + t) as i64);
+                    targets.push(i64::from(label));
+                }
+            }
+        }
+        LmBatch {
+            shape: [rows, cols],
+            ids: batch.input_ids.iter().map(|&x| i64::from(x)).collect(),
+            packed: packed.then(|| {
+                (
+                    batch.position_ids.iter().map(|&x| i64::from(x)).collect(),
+                    batch.segment_ids.iter().map(|&x| i64::from(x)).collect(),
+                )
+            }),
+            scored,
+            targets,
+            tokens: batch.attention_mask.iter().filter(|&&m| m != 0).count(),
+        }
+    }
+
+    /// Number of scored positions (the loss's denominator contribution).
+    pub fn n_scored(&self) -> usize {
+        self.scored.len()
+    }
+
+    /// The model input.
+    pub fn input<B: Backend>(&self, device: &B::Device) -> ForwardInput<B> {
+        let int2 = |v: &[i64]| {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(v.to_vec(), self.shape), device)
+        };
+        let mut input = ForwardInput::new(int2(&self.ids));
+        if let Some((pos, seg)) = &self.packed {
+            input = input.with_positions(int2(pos)).with_segments(int2(seg));
+        }
+        input
+    }
+}
+
+/// The summed cross-entropy of the scored positions (f32), as a one-element tensor; `None` when no
+/// position is scored.
+pub fn lm_loss_sum<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Option<Tensor<B, 1>> {
+    let n = batch.n_scored();
+    if n == 0 {
+        return None;
+    }
+    let device = model.device();
+    let [rows, cols] = batch.shape;
+    let hidden = model.forward_hidden(batch.input(&device), None);
+    let width = hidden.dims()[2];
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.scored.clone(), [n]), &device);
+    let picked = hidden.reshape([rows * cols, width]).select(0, idx);
+    let logits = model.logits(picked.reshape([1, n, width]));
+    let vocab = logits.dims()[2];
+    let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
+    let targets =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
+    Some(cross_entropy_sum(logits, targets))
+}
+
+/// `Σᵢ logsumexp(logitsᵢ) − logitsᵢ[targetᵢ]`, computed stably.
+///
+/// # Shapes
+/// - `logits`: `[n, vocab]` (f32)
+/// - `targets`: `[n, 1]`
+/// - output: `[1]`
+pub fn cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 2, Int>,
+) -> Tensor<B, 1> {
+    let max = logits.clone().detach().max_dim(1);
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let target = logits.gather(1, targets);
+    (lse - target).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scored_positions_are_shifted_and_skip_ignored_labels() {
+        let batch = Batch {
+            shape: [2, 4],
+            input_ids: vec![5, 6, 7, 8, 9, 10, 0, 0],
+            labels: vec![IGNORE, 6, 7, IGNORE, IGNORE, 10, IGNORE, IGNORE],
+            attention_mask: vec![1, 1, 1, 1, 1, 1, 0, 0],
+            position_ids: vec![0, 1, 2, 3, 0, 1, 0, 0],
+            segment_ids: vec![1, 1, 1, 1, 1, 1, 0, 0],
+        };
+        let b = LmBatch::new(&batch, false);
+        assert_eq!(b.scored, vec![0, 1, 4]);
+        assert_eq!(b.targets, vec![6, 7, 10]);
+        assert_eq!(b.tokens, 6);
+        assert!(b.packed.is_none());
+    }
+}

@@ -1,0 +1,249 @@
+//! Training through the `lf` binary: a killed run resumes bit-identically, and bad inputs are refused
+//! before training starts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Project, ok};
+
+/// tokenizer → tiny model → pretraining data → pretrain (and identity data for sft).
+fn manifest(train: &str) -> String {
+    format!(
+        r#"name: train-test
+vars: {{name: Lumi, author: the lf authors}}
+steps:
+  tok:
+    kind: tokenizer
+    source: builtin:corpus
+    vocab_size: 320
+  base:
+    kind: model
+    tokenizer: tok
+    hidden_size: 32
+    intermediate_size: 64
+    num_hidden_layers: 2
+    num_attention_heads: 2
+  text:
+    kind: dataset
+    model: base
+    datasets: [{{source: builtin:corpus}}]
+    stage: pt
+    cutoff_len: 64
+{train}"#
+    )
+}
+
+fn pretrain(steps: usize) -> String {
+    format!(
+        r#"  pretrain:
+    kind: pretrain
+    model: base
+    dataset: text
+    max_steps: {steps}
+    batch_size: 4
+    learning_rate: 1.0e-3
+    warmup_steps: 5
+    logging_steps: 10
+    save_steps: 3
+"#
+    )
+}
+
+#[test]
+fn killed_training_resumes_bit_identical() {
+    let text = manifest(&pretrain(300));
+    let reference = Project::new();
+    reference.write("p.yaml", &text);
+    ok(&reference.lf(&["run", "p.yaml", "--only", "text"]));
+    let start = Instant::now();
+    let run = reference.lf(&["run", "p.yaml", "--json"]);
+    ok(&run);
+    let train_ms = start.elapsed().as_millis() as u64;
+    let expected = reference.outputs("p.yaml");
+    let state = reference.read("runs/train-test/pretrain/trainer_state.json");
+    assert!(state.contains("\"global_step\": 300"), "{state}");
+
+    // Kill at pseudo-random moments of the training, then finish.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut resumed = false;
+    for _ in 0..3 {
+        let p = Project::new();
+        p.write("p.yaml", &text);
+        ok(&p.lf(&["run", "p.yaml", "--only", "text"]));
+        for _ in 0..2 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let delay = train_ms / 5 + seed % (train_ms * 3 / 5).max(1);
+            let mut child = p.spawn(&["run", "p.yaml"]);
+            std::thread::sleep(Duration::from_millis(delay));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        let last = p.lf(&["run", "p.yaml", "--json"]);
+        ok(&last);
+        assert_eq!(
+            p.outputs("p.yaml"),
+            expected,
+            "outputs differ after resuming"
+        );
+        let steps = last.json()["steps"].clone();
+        let pretrain = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "pretrain")
+            .unwrap()
+            .clone();
+        resumed |= pretrain["metrics"]["resumed_from_step"].as_u64().is_some();
+    }
+    assert!(resumed, "no run resumed from a checkpoint");
+}
+
+#[test]
+fn logs_and_state_are_written_and_volatile_params_keep_the_cache() {
+    let p = Project::new();
+    p.write("p.yaml", &manifest(&pretrain(12)));
+    ok(&p.lf(&["run", "p.yaml"]));
+    let metrics = p.read("runs/train-test/pretrain/logs/metrics.jsonl");
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{metrics}");
+    for key in ["step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(lines[0].get(key).is_some(), "no `{key}` in {}", lines[0]);
+    }
+    assert!(
+        p.path()
+            .join("runs/train-test/pretrain/logs/loss.png")
+            .is_file()
+    );
+    assert!(
+        p.path()
+            .join("runs/train-test/pretrain/model.safetensors")
+            .is_file()
+    );
+    // Logging, evaluation and checkpoint intervals are not part of the key.
+    let changed = manifest(&pretrain(12))
+        .replace("logging_steps: 10", "logging_steps: 1")
+        .replace("save_steps: 3", "save_steps: 7");
+    p.write("p.yaml", &changed);
+    let run = p.lf(&["run", "p.yaml", "--json"]);
+    ok(&run);
+    assert_eq!(run.status_of("pretrain"), "cached");
+}
+
+#[test]
+fn data_of_another_tokenizer_is_refused_before_training() {
+    let p = Project::new();
+    let text = manifest(
+        r#"  tok2:
+    kind: tokenizer
+    source: builtin:corpus
+    vocab_size: 300
+  other:
+    kind: dataset
+    model: tok2
+    datasets: [{source: builtin:corpus}]
+    stage: pt
+    cutoff_len: 64
+  pretrain:
+    kind: pretrain
+    model: base
+    dataset: other
+"#,
+    );
+    p.write("p.yaml", &text);
+    let run = p.lf(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("was tokenized with another tokenizer than `base`'s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: set `model: base` on the dataset step"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn data_of_the_wrong_stage_is_refused_before_training() {
+    let p = Project::new();
+    p.write(
+        "p.yaml",
+        &manifest(
+            r#"  sft:
+    kind: sft
+    model: base
+    dataset: text
+"#,
+        ),
+    );
+    let run = p.lf(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`text` was prepared for stage `pt`, but `sft` trains on stage `sft` data"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: set `stage: sft`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_training_parameters_are_validation_errors() {
+    let p = Project::new();
+    p.write(
+        "p.yaml",
+        &manifest(
+            r#"  sft:
+    kind: sft
+    model: base
+    dataset: text
+    learning_rate: fast
+    lora:
+      target: [q_proj, c_attn]
+"#,
+        ),
+    );
+    let run = p.lf(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("p.yaml:25:20"), "{}", run.stderr);
+    p.write(
+        "p.yaml",
+        &manifest(
+            r#"  sft:
+    kind: sft
+    model: base
+    dataset: text
+    lora:
+      target: [q_proj, c_attn]
+"#,
+        ),
+    );
+    let run = p.lf(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`c_attn` matches no linear module of the model"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`"
+        ),
+        "{}",
+        run.stderr
+    );
+}
