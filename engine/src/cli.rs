@@ -596,9 +596,9 @@ fn previous_keys(cli: &Cli, pipeline: &Pipeline, lock: Option<&Lockfile>) -> pla
     let last_run = std::fs::read(cli.runs_dir.join(&pipeline.name).join("run.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
-    let mut previous = lock
+    let mut previous: plan::Previous = lock
         .map(|l| l.steps.iter().map(|(k, v)| (k.clone(), v.key)).collect())
-        .unwrap_or_else(BTreeMap::new);
+        .unwrap_or_default();
     if let Some(run) = last_run {
         previous.extend(run.keys());
     }
@@ -855,7 +855,9 @@ fn print_summary(record: &RunRecord) {
             .metrics
             .iter()
             .map(|(k, v)| match v {
-                Json::Number(n) if n.is_f64() => format!("{k}={:.4}", n.as_f64().unwrap_or_default()),
+                Json::Number(n) if n.is_f64() => {
+                    format!("{k}={:.4}", n.as_f64().unwrap_or_default())
+                }
                 Json::String(s) => format!("{k}={s}"),
                 _ => format!("{k}={v}"),
             })

@@ -152,7 +152,9 @@ pub fn execute(
                 } => {
                     if options.log_steps {
                         match status {
-                            StepStatus::Ran => eprintln!("  finished {} in {wall_s:.1}s", step.name),
+                            StepStatus::Ran => {
+                                eprintln!("  finished {} in {wall_s:.1}s", step.name)
+                            }
                             _ => eprintln!("    cached {}", step.name),
                         }
                     }
@@ -272,10 +274,10 @@ fn run_step(
         error,
         wall_s: started.elapsed().as_secs_f64(),
     };
-    if let Some(lock) = &options.locked {
-        if let Err(diff) = check_locked_key(lock, pipeline, store, i, &key.json, &key.hash) {
-            return fail(Some(key.hash), diff);
-        }
+    if let Some(lock) = &options.locked
+        && let Err(diff) = check_locked_key(lock, pipeline, store, i, &key.json, &key.hash)
+    {
+        return fail(Some(key.hash), diff);
     }
     let forced = options.plan.force.contains(&step.name);
     let finish = |status, record: lf_cache::KeyRecord, wall_s| {

@@ -746,7 +746,7 @@ mod tests {
         tags: Vec<String>,
     }
 
-    fn text_at<'a>(src: &'a str, span: Span) -> &'a str {
+    fn text_at(src: &str, span: Span) -> &str {
         &src[span.start..span.end]
     }
 

@@ -4,10 +4,22 @@
 //! a module implementing [`lf_engine::Step`] for the parameter type of the same name in `lf-schemas`.
 //! Adding a kind is one module here, its parameters in `lf-schemas`, and one line in [`KINDS`].
 
+pub mod chat;
 pub mod command;
+pub mod data;
+pub mod dataset;
 pub mod download;
+pub mod evaluate;
+pub mod export;
 pub mod files;
 pub mod hub;
+pub mod model;
+pub mod model_init;
+pub mod pretrain;
+pub mod sft;
+pub mod template;
+pub mod tokenizer;
+pub mod train;
 
 use std::path::Path;
 
@@ -17,7 +29,18 @@ use lf_engine::{Backends, Numerics, Registry};
 use serde_json::Value as Json;
 
 /// Every step kind, in the order `lf kinds` lists them.
-pub const KINDS: &[&dyn DynStep] = &[&download::Download, &command::Command];
+pub const KINDS: &[&dyn DynStep] = &[
+    &download::Download,
+    &command::Command,
+    &template::Template,
+    &tokenizer::TokenizerStep,
+    &dataset::Dataset,
+    &model_init::ModelInit,
+    &pretrain::Pretrain,
+    &sft::Sft,
+    &export::Export,
+    &evaluate::Evaluate,
+];
 
 /// The registry of [`KINDS`].
 pub fn registry() -> Registry {
@@ -50,15 +73,30 @@ impl Extensions for Ml {
         anyhow::bail!("`lf chat` is not available in this build yet")
     }
 
-    fn preview(&self, kind: &str, _artifact: &Path, _rows: usize) -> anyhow::Result<()> {
-        anyhow::bail!("steps of kind `{kind}` have nothing to preview")
+    fn preview(&self, kind: &str, artifact: &Path, rows: usize) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        match kind {
+            "dataset" => {
+                data::preview::dataset(artifact, rows, data::preview::Style::detect(), &mut out)
+            }
+            "template" => data::preview::template(artifact, rows, &mut out),
+            "tokenizer" => data::preview::tokenizer(artifact, &mut out),
+            _ => anyhow::bail!("steps of kind `{kind}` have nothing to preview"),
+        }
     }
 
-    fn bench(&self, _name: &str, _args: &BenchArgs) -> Option<anyhow::Result<Json>> {
-        None
+    fn bench(&self, name: &str, args: &BenchArgs) -> Option<anyhow::Result<Json>> {
+        match name {
+            "tokenize" => Some(data::bench::tokenize(
+                args.size.unwrap_or(100_000) as usize,
+                args.model.as_deref(),
+            )),
+            "train" => Some(train::bench::train(args)),
+            _ => None,
+        }
     }
 
     fn bench_names(&self) -> Vec<&'static str> {
-        Vec::new()
+        vec!["tokenize", "train"]
     }
 }

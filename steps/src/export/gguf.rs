@@ -1,0 +1,705 @@
+//! Writing GGUF v3 files that llama.cpp loads: llama.cpp's tensor names, the Q/K row permutation of
+//! `llama` models, F32/F16/BF16/Q8_0 data aligned to 32 bytes, the architecture's hyper-parameters,
+//! and the tokenizer (`tokenizer.ggml.*`, byte-level BPE as `gpt2`) with the chat template.
+//!
+//! The file is streamed: the header, metadata and tensor infos are computed from the config first
+//! (every tensor's size is known from its shape and type), then each tensor is converted and written
+//! as the model yields it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::Context as _;
+use half::{bf16, f16};
+use lf_schemas::kinds::export::GgufType;
+use serde_json::Value as Json;
+
+use super::source::{ModelArtifact, hf_tensor_shapes};
+use crate::data::ModelTokenizer;
+use crate::model::config::{Arch, ModelConfig, RopeScaling};
+use crate::model::gguf::{GgmlType, GgufFile, GgufValue};
+use crate::model::load::{ModelFormat, gguf_tensor_name};
+
+/// GGUF's data alignment (written as `general.alignment`).
+pub const ALIGNMENT: u64 = 32;
+
+/// GGUF token types (`llama_token_type`).
+pub mod token_type {
+    /// An ordinary token.
+    pub const NORMAL: i32 = 1;
+    /// The unknown token.
+    pub const UNKNOWN: i32 = 2;
+    /// A special (control) token.
+    pub const CONTROL: i32 = 3;
+    /// An added token that is not special.
+    pub const USER_DEFINED: i32 = 4;
+    /// A filler id with no token behind it.
+    pub const UNUSED: i32 = 5;
+}
+
+/// The GGUF (llama.cpp) architecture name of a model: Mistral models are written as `llama`, as
+/// llama.cpp's converter does (its `llama` graph has no sliding window).
+pub fn gguf_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
+    }
+}
+
+/// `general.file_type` (`llama_ftype`) of a file whose matrices are `ty`.
+fn file_type(ty: GgufType) -> u32 {
+    match ty {
+        GgufType::F32 => 0,
+        GgufType::F16 => 1,
+        GgufType::Q8_0 => 7,
+        GgufType::Bf16 => 32,
+    }
+}
+
+/// Permutes the rows of a Q or K projection (`[heads·hd, cols]`) the way llama.cpp's converter does
+/// for its interleaved RoPE: within each head, HF row `j·hd/2 + d` becomes row `2·d + j`. The inverse
+/// of [`crate::model::load::unpermute_rows`].
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+    let hd = rows / n_heads;
+    let half = hd / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for d in 0..half {
+            for j in 0..2 {
+                let src = h * hd + j * half + d;
+                let dst = h * hd + 2 * d + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Quantises `x` (a multiple of 32 values) to ggml's Q8_0: per block of 32, `d = max|x| / 127` stored
+/// as f16 and `q = round(x / d)` as i8 (rounding half away from zero, as ggml's reference and gguf-py
+/// do).
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    assert!(x.len().is_multiple_of(32), "Q8_0 needs blocks of 32");
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for block in x.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        for &v in block {
+            out.push((v * id).round() as i8 as u8);
+        }
+    }
+    out
+}
+
+/// The tensor type a tensor gets in a file of type `ty`: vectors stay F32 (as llama.cpp's converter
+/// keeps norms and biases), matrices get `ty`, except Q8_0 matrices whose rows are not a multiple of
+/// 32, which fall back to F16.
+pub fn tensor_type(ty: GgufType, shape: &[usize]) -> GgmlType {
+    if shape.len() < 2 {
+        return GgmlType::F32;
+    }
+    match ty {
+        GgufType::F32 => GgmlType::F32,
+        GgufType::F16 => GgmlType::F16,
+        GgufType::Bf16 => GgmlType::BF16,
+        GgufType::Q8_0 if shape[shape.len() - 1].is_multiple_of(32) => GgmlType::Q8_0,
+        GgufType::Q8_0 => GgmlType::F16,
+    }
+}
+
+/// Encodes f32 values as `ty`.
+pub fn encode(values: &[f32], ty: GgmlType) -> Vec<u8> {
+    match ty {
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => quantize_q8_0(values),
+        other => unreachable!("lf does not write {other}"),
+    }
+}
+
+fn byte_size(ty: GgmlType, n: usize) -> u64 {
+    let (be, bb) = ty.block();
+    n as u64 / be * bb
+}
+
+/// llama.cpp's per-dimension RoPE factors for Llama 3.1 scaling (its `rope_freqs.weight`).
+fn llama3_rope_factors(c: &ModelConfig) -> Option<Vec<f32>> {
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    }) = &c.rope_scaling
+    else {
+        return None;
+    };
+    let dim = c.head_dim;
+    let old = *original_max_position_embeddings as f64;
+    let low_wavelen = old / low_freq_factor;
+    let high_wavelen = old / high_freq_factor;
+    Some(
+        (0..dim / 2)
+            .map(|i| {
+                let freq = 1.0 / c.rope_theta.powf((2 * i) as f64 / dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let f = if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    *factor
+                } else {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                };
+                f as f32
+            })
+            .collect(),
+    )
+}
+
+/// The `tokenizer.ggml.*` metadata of a model, and notes about what could not be carried over.
+pub struct TokenizerMeta {
+    /// Key/value pairs, in order.
+    pub entries: Vec<(String, GgufValue)>,
+    /// The `tokenizer.ggml.pre` value written.
+    pub pre: String,
+    /// Warnings for `export.json`.
+    pub notes: Vec<String>,
+}
+
+/// The llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`) matching a `tokenizer.json`
+/// `pre_tokenizer`, when lf recognises it.
+pub fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    fn ty(v: &Json) -> &str {
+        v.get("type").and_then(Json::as_str).unwrap_or("")
+    }
+    let byte_level_regex = |v: &Json| {
+        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Json::as_bool) != Some(false)
+    };
+    let byte_level_plain = |v: &Json| {
+        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Json::as_bool) == Some(false)
+    };
+    fn split_regex(v: &Json) -> Option<&str> {
+        (ty(v) == "Split")
+            .then(|| v.get("pattern")?.get("Regex")?.as_str())
+            .flatten()
+    }
+    if byte_level_regex(pre) {
+        return Some("gpt-2");
+    }
+    if ty(pre) != "Sequence" {
+        return None;
+    }
+    let items = pre.get("pretokenizers")?.as_array()?;
+    match items.as_slice() {
+        [a] if byte_level_regex(a) => Some("gpt-2"),
+        [d, b]
+            if ty(d) == "Digits"
+                && d.get("individual_digits").and_then(Json::as_bool) == Some(true)
+                && byte_level_regex(b) =>
+        {
+            Some("smollm")
+        }
+        [s, b] if byte_level_plain(b) => match split_regex(s)? {
+            r if r == LLAMA3 => Some("llama-bpe"),
+            r if r == QWEN2 => Some("qwen2"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Builds the tokenizer metadata of `model`: copied from its GGUF file when its weights come from
+/// one (the `tokenizer.json` lf rebuilds from GGUF metadata may not carry every detail), else from a
+/// byte-level BPE `tokenizer.json` (written as llama.cpp's `gpt2` model). `chat_template` is the
+/// template to embed.
+pub fn tokenizer_meta(
+    model: &ModelArtifact,
+    tokenizer_dir: &Path,
+    chat_template: Option<&str>,
+) -> anyhow::Result<TokenizerMeta> {
+    let mut entries: Vec<(String, GgufValue)> = Vec::new();
+    let mut notes = Vec::new();
+    let tok_json = tokenizer_dir.join("tokenizer.json");
+    if let ModelFormat::Gguf(file) = &model.base {
+        let gguf = GgufFile::open(file)?;
+        let mut pre = "default".to_string();
+        for (k, v) in &gguf.metadata {
+            if k.starts_with("tokenizer.ggml.") {
+                if k == "tokenizer.ggml.pre"
+                    && let Some(s) = v.as_str()
+                {
+                    pre = s.to_string();
+                }
+                entries.push((k.clone(), v.clone()));
+            }
+        }
+        if let Some(t) = chat_template {
+            entries.push((
+                "tokenizer.chat_template".into(),
+                GgufValue::String(t.into()),
+            ));
+        }
+        return Ok(TokenizerMeta {
+            entries,
+            pre,
+            notes,
+        });
+    }
+    let text = std::fs::read_to_string(&tok_json)
+        .with_context(|| format!("cannot read `{}`", tok_json.display()))?;
+    let tj: Json = serde_json::from_str(&text)
+        .with_context(|| format!("cannot parse `{}`", tok_json.display()))?;
+    let m = &tj["model"];
+    let is_bpe = m.get("type").and_then(Json::as_str) == Some("BPE") || m.get("merges").is_some();
+    let pre_json = tj.get("pre_tokenizer").cloned().unwrap_or(Json::Null);
+    let byte_level = text.contains("\"ByteLevel\"");
+    anyhow::ensure!(
+        is_bpe && byte_level && m.get("byte_fallback").and_then(Json::as_bool) != Some(true),
+        "GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM, Llama 3, Qwen2 and lf's own `tokenizer` step use); `{}` is another kind\nhint: convert this model with llama.cpp's `convert_hf_to_gguf.py`, or leave `gguf` out",
+        tok_json.display()
+    );
+    let vocab = m["vocab"]
+        .as_object()
+        .context("tokenizer.json has no `model.vocab`")?;
+    let mut by_id: BTreeMap<u32, String> = BTreeMap::new();
+    for (tok, id) in vocab {
+        let id = id.as_u64().context("vocab ids must be integers")? as u32;
+        by_id.insert(id, tok.clone());
+    }
+    let mut types: HashMap<u32, i32> = HashMap::new();
+    for added in tj["added_tokens"].as_array().into_iter().flatten() {
+        let id = added["id"].as_u64().context("added token without id")? as u32;
+        let content = added["content"].as_str().unwrap_or_default().to_string();
+        let special = added["special"].as_bool().unwrap_or(false);
+        by_id.insert(id, content);
+        types.insert(
+            id,
+            if special {
+                token_type::CONTROL
+            } else {
+                token_type::USER_DEFINED
+            },
+        );
+    }
+    let n_vocab = model.config.vocab_size;
+    let max_id = by_id.keys().next_back().copied().unwrap_or(0) as usize;
+    anyhow::ensure!(
+        max_id < n_vocab,
+        "the tokenizer has token id {max_id}, beyond the model's vocabulary of {n_vocab}"
+    );
+    let mut tokens = Vec::with_capacity(n_vocab);
+    let mut token_types = Vec::with_capacity(n_vocab);
+    for id in 0..n_vocab as u32 {
+        match by_id.get(&id) {
+            Some(t) => {
+                tokens.push(GgufValue::String(t.clone()));
+                token_types.push(GgufValue::I32(
+                    types.get(&id).copied().unwrap_or(token_type::NORMAL),
+                ));
+            }
+            None => {
+                tokens.push(GgufValue::String(format!("[PAD{id}]")));
+                token_types.push(GgufValue::I32(token_type::UNUSED));
+            }
+        }
+    }
+    let merges: Vec<GgufValue> = m["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| match v {
+            Json::String(s) => Ok(GgufValue::String(s.clone())),
+            Json::Array(pair) if pair.len() == 2 => Ok(GgufValue::String(format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or_default(),
+                pair[1].as_str().unwrap_or_default()
+            ))),
+            other => Err(anyhow::anyhow!("malformed merge {other}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let pre = match pre_tokenizer_name(&pre_json) {
+        Some(p) => p.to_string(),
+        None => {
+            notes.push(format!(
+                "the tokenizer's pre-tokenizer is not one lf maps to llama.cpp's (`gpt-2`, `smollm`, `llama-bpe`, `qwen2`); `tokenizer.ggml.pre` is `default`, so llama.cpp may split some text differently: {pre_json}"
+            ));
+            "default".to_string()
+        }
+    };
+    let tk = ModelTokenizer::load(tokenizer_dir)?;
+    entries.push((
+        "tokenizer.ggml.model".into(),
+        GgufValue::String("gpt2".into()),
+    ));
+    entries.push(("tokenizer.ggml.pre".into(), GgufValue::String(pre.clone())));
+    entries.push(("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens)));
+    entries.push((
+        "tokenizer.ggml.token_type".into(),
+        GgufValue::Array(token_types),
+    ));
+    entries.push(("tokenizer.ggml.merges".into(), GgufValue::Array(merges)));
+    let c = &model.config;
+    let bos = tk.bos_id.or(c.bos_token_id);
+    let eos = tk.eos_id.or(c.eos_token_ids.first().copied());
+    let pad = tk
+        .tokens
+        .pad
+        .as_deref()
+        .and_then(|t| tk.tokenizer.token_to_id(t))
+        .or(c.pad_token_id);
+    let unk = tk
+        .tokens
+        .unk
+        .as_deref()
+        .and_then(|t| tk.tokenizer.token_to_id(t));
+    for (key, id) in [
+        ("bos_token_id", bos),
+        ("eos_token_id", eos),
+        ("unknown_token_id", unk),
+        ("padding_token_id", pad),
+    ] {
+        if let Some(id) = id {
+            entries.push((format!("tokenizer.ggml.{key}"), GgufValue::U32(id)));
+        }
+    }
+    entries.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        GgufValue::Bool(tk.adds_bos),
+    ));
+    entries.push((
+        "tokenizer.ggml.add_eos_token".into(),
+        GgufValue::Bool(false),
+    ));
+    if let Some(t) = chat_template {
+        entries.push((
+            "tokenizer.chat_template".into(),
+            GgufValue::String(t.into()),
+        ));
+    }
+    Ok(TokenizerMeta {
+        entries,
+        pre,
+        notes,
+    })
+}
+
+/// The architecture metadata of `config` (`general.*` and `<arch>.*`).
+pub fn model_meta(c: &ModelConfig, ty: GgufType) -> Vec<(String, GgufValue)> {
+    let arch = gguf_arch(c.arch);
+    let k = |s: &str| format!("{arch}.{s}");
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let mut m = vec![
+        (
+            "general.architecture".to_string(),
+            GgufValue::String(arch.into()),
+        ),
+        ("general.type".into(), GgufValue::String("model".into())),
+        ("general.file_type".into(), GgufValue::U32(file_type(ty))),
+        ("general.quantization_version".into(), GgufValue::U32(2)),
+        ("general.alignment".into(), GgufValue::U32(ALIGNMENT as u32)),
+        (k("vocab_size"), u(c.vocab_size)),
+        (k("context_length"), u(c.max_position_embeddings)),
+        (k("embedding_length"), u(c.hidden_size)),
+        (k("block_count"), u(c.num_hidden_layers)),
+        (k("feed_forward_length"), u(c.intermediate_size)),
+        (k("attention.head_count"), u(c.num_attention_heads)),
+        (k("attention.head_count_kv"), u(c.num_key_value_heads)),
+        (k("attention.key_length"), u(c.head_dim)),
+        (k("attention.value_length"), u(c.head_dim)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
+        (k("rope.dimension_count"), u(c.head_dim)),
+        (k("rope.freq_base"), GgufValue::F32(c.rope_theta as f32)),
+    ];
+    if let Some(RopeScaling::Linear { factor }) = &c.rope_scaling {
+        m.push((k("rope.scaling.type"), GgufValue::String("linear".into())));
+        m.push((k("rope.scaling.factor"), GgufValue::F32(*factor as f32)));
+    }
+    m
+}
+
+/// What [`write_gguf`] wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufSummary {
+    /// File name.
+    pub file: String,
+    /// `f16`, `q8_0`, ...
+    #[serde(rename = "type")]
+    pub ty: GgufType,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Tensors stored in each GGML type.
+    pub tensor_types: BTreeMap<String, usize>,
+    /// File size in bytes.
+    pub bytes: u64,
+    /// `tokenizer.ggml.pre`.
+    pub pre_tokenizer: String,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn value_type(v: &GgufValue) -> u32 {
+    match v {
+        GgufValue::U8(_) => 0,
+        GgufValue::I8(_) => 1,
+        GgufValue::U16(_) => 2,
+        GgufValue::I16(_) => 3,
+        GgufValue::U32(_) => 4,
+        GgufValue::I32(_) => 5,
+        GgufValue::F32(_) => 6,
+        GgufValue::Bool(_) => 7,
+        GgufValue::String(_) => 8,
+        GgufValue::Array(_) => 9,
+        GgufValue::U64(_) => 10,
+        GgufValue::I64(_) => 11,
+        GgufValue::F64(_) => 12,
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.push(*x as u8),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(a) => {
+            // An empty array's element type is irrelevant; strings are what empty arrays usually are.
+            let elem = a.first().map_or(8, value_type);
+            out.extend_from_slice(&elem.to_le_bytes());
+            out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for x in a {
+                put_value(out, x);
+            }
+        }
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+fn ggml_id(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q8_0 => 8,
+        GgmlType::BF16 => 30,
+        other => unreachable!("lf does not write {other}"),
+    }
+}
+
+fn pad_to(out: &mut impl Write, written: u64) -> std::io::Result<u64> {
+    let padded = written.div_ceil(ALIGNMENT) * ALIGNMENT;
+    out.write_all(&vec![0u8; (padded - written) as usize])?;
+    Ok(padded)
+}
+
+/// Writes `model` as a GGUF file of type `ty` at `path`, with `tokenizer` metadata.
+pub fn write_gguf(
+    model: &ModelArtifact,
+    path: &Path,
+    ty: GgufType,
+    tokenizer: &TokenizerMeta,
+    mut progress: impl FnMut(),
+) -> anyhow::Result<GgufSummary> {
+    let c = &model.config;
+    let shapes = hf_tensor_shapes(c);
+    // (gguf name, hf shape, type) in file order.
+    let mut infos: Vec<(String, Vec<usize>, GgmlType)> = Vec::new();
+    let rope_factors = llama3_rope_factors(c);
+    if let Some(f) = &rope_factors {
+        infos.push(("rope_freqs.weight".into(), vec![f.len()], GgmlType::F32));
+    }
+    for (name, shape) in &shapes {
+        let g =
+            gguf_tensor_name(name).with_context(|| format!("no GGUF name for tensor `{name}`"))?;
+        infos.push((g, shape.clone(), tensor_type(ty, shape)));
+    }
+
+    let mut header = Vec::new();
+    header.extend_from_slice(b"GGUF");
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(infos.len() as u64).to_le_bytes());
+    let mut meta = model_meta(c, ty);
+    meta.extend(tokenizer.entries.iter().cloned());
+    header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    for (k, v) in &meta {
+        put_str(&mut header, k);
+        header.extend_from_slice(&value_type(v).to_le_bytes());
+        put_value(&mut header, v);
+    }
+    let mut offset = 0u64;
+    let mut tensor_types: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, shape, t) in &infos {
+        put_str(&mut header, name);
+        header.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            header.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        header.extend_from_slice(&ggml_id(*t).to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+        offset += byte_size(*t, shape.iter().product());
+        offset = offset.div_ceil(ALIGNMENT) * ALIGNMENT;
+        *tensor_types.entry(t.to_string()).or_default() += 1;
+    }
+
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&header)?;
+    let mut written = pad_to(&mut out, header.len() as u64)?;
+    let data_start = written;
+    let write_tensor = |out: &mut BufWriter<std::fs::File>,
+                        written: &mut u64,
+                        values: &[f32],
+                        t: GgmlType|
+     -> std::io::Result<()> {
+        let bytes = encode(values, t);
+        out.write_all(&bytes)?;
+        *written = pad_to(out, *written + bytes.len() as u64)?;
+        Ok(())
+    };
+    let mut next = 0usize;
+    if let Some(f) = &rope_factors {
+        write_tensor(&mut out, &mut written, f, GgmlType::F32)?;
+        next += 1;
+    }
+    let permute = matches!(c.arch, Arch::Llama | Arch::Mistral);
+    model.tensors(|_, shape, values| {
+        let (gname, _, t) = &infos[next];
+        next += 1;
+        let values = if permute && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
+            let heads = if gname.contains(".attn_q.") {
+                c.num_attention_heads
+            } else {
+                c.num_key_value_heads
+            };
+            let cols = if shape.len() == 2 { shape[1] } else { 1 };
+            permute_rows(&values, shape[0], cols, heads)
+        } else {
+            values
+        };
+        write_tensor(&mut out, &mut written, &values, *t)?;
+        progress();
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        written - data_start == offset,
+        "internal error: GGUF tensor data is {} bytes, its infos say {offset}",
+        written - data_start
+    );
+    out.flush()?;
+    Ok(GgufSummary {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ty,
+        tensors: infos.len(),
+        tensor_types,
+        bytes: written,
+        pre_tokenizer: tokenizer.pre.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::dequantize;
+    use crate::model::load::unpermute_rows;
+
+    #[test]
+    fn permutation_is_the_inverse_of_the_readers() {
+        let (rows, cols, heads) = (16, 3, 2);
+        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let p = permute_rows(&data, rows, cols, heads);
+        assert_ne!(p, data);
+        assert_eq!(unpermute_rows(&p, rows, cols, heads), data);
+        // Head 0, hd 8: HF rows 0..4 are the first halves of the pairs, rows 4..8 the second.
+        let row = |v: &[f32], r: usize| v[r * cols];
+        assert_eq!(row(&p, 0), row(&data, 0));
+        assert_eq!(row(&p, 1), row(&data, 4));
+        assert_eq!(row(&p, 2), row(&data, 1));
+        assert_eq!(row(&p, 3), row(&data, 5));
+    }
+
+    #[test]
+    fn q8_0_matches_hand_computed_blocks_and_reads_back() {
+        let mut x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
+        x.extend(std::iter::repeat_n(0.0, 32));
+        let q = quantize_q8_0(&x);
+        assert_eq!(q.len(), 68);
+        // Block 0: max |x| = 16, d = 16/127; x = -16 → -127, x = 15 → round(119.06) = 119.
+        let d = f16::from_le_bytes([q[0], q[1]]).to_f32();
+        assert_eq!(d, f16::from_f32(16.0 / 127.0).to_f32());
+        assert_eq!(q[2] as i8, -127);
+        assert_eq!(q[2 + 31] as i8, 119);
+        // An all-zero block has d = 0 and zero quants.
+        assert!(q[34..].iter().all(|&b| b == 0));
+        let back = dequantize(GgmlType::Q8_0, &q, 64).unwrap();
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() <= 16.0 / 127.0 / 2.0 + 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_away_from_zero() {
+        // max |x| = 127 makes d = 1 exactly, so x is its own quant before rounding.
+        let mut x = vec![0f32; 32];
+        x[0] = 127.0;
+        x[1] = 0.5;
+        x[2] = -0.5;
+        x[3] = 2.5;
+        x[4] = -2.5;
+        let q = quantize_q8_0(&x);
+        assert_eq!(f16::from_le_bytes([q[0], q[1]]).to_f32(), 1.0);
+        let quants: Vec<i8> = q[2..7].iter().map(|&b| b as i8).collect();
+        assert_eq!(quants, vec![127, 1, -1, 3, -3]);
+    }
+
+    #[test]
+    fn tensor_types_follow_llama_cpp() {
+        assert_eq!(tensor_type(GgufType::Q8_0, &[64]), GgmlType::F32);
+        assert_eq!(tensor_type(GgufType::Q8_0, &[64, 64]), GgmlType::Q8_0);
+        assert_eq!(tensor_type(GgufType::Q8_0, &[64, 48]), GgmlType::F16);
+        assert_eq!(tensor_type(GgufType::F16, &[3, 5]), GgmlType::F16);
+        assert_eq!(tensor_type(GgufType::Bf16, &[3, 5]), GgmlType::BF16);
+    }
+
+    #[test]
+    fn pre_tokenizers_are_recognised() {
+        let gpt2 = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        assert_eq!(pre_tokenizer_name(&gpt2), Some("gpt-2"));
+        let smol = serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]});
+        assert_eq!(pre_tokenizer_name(&smol), Some("smollm"));
+        let other = serde_json::json!({"type": "Whitespace"});
+        assert_eq!(pre_tokenizer_name(&other), None);
+    }
+}
