@@ -247,3 +247,56 @@ fn bad_training_parameters_are_validation_errors() {
         run.stderr
     );
 }
+
+#[test]
+fn chat_answers_with_full_and_lora_artifacts_of_a_pipeline() {
+    let p = Project::new();
+    let sft = r#"  identity:
+    kind: template
+    source: builtin:identity
+    vars: {name: "{{ vars.name }}", author: "{{ vars.author }}"}
+  chat-data:
+    kind: dataset
+    model: base
+    datasets: [{source: identity, max_samples: 8}]
+    cutoff_len: 64
+  sft:
+    kind: sft
+    model: base
+    dataset: chat-data
+    finetuning_type: lora
+    max_steps: 2
+    batch_size: 2
+"#;
+    p.write("p.yaml", &manifest(sft));
+    // Before the run, the step has no artifact.
+    let early = p.lf(&["chat", "-f", "p.yaml", "--model", "sft", "--prompt", "hi"]);
+    assert_eq!(early.code, 1, "{}", early.stderr);
+    assert!(
+        early.stderr.contains("has not produced an artifact yet"),
+        "{}",
+        early.stderr
+    );
+    ok(&p.lf(&["run", "p.yaml"]));
+    assert!(p.path().join("runs/train-test/sft/base").is_dir());
+    for model in ["base", "sft"] {
+        let args = [
+            "chat",
+            "-f",
+            "p.yaml",
+            "--model",
+            model,
+            "--prompt",
+            "Who are you?",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+        ];
+        let run = p.lf(&args);
+        ok(&run);
+        assert!(run.stderr.contains("new tokens"), "{}", run.stderr);
+        // Greedy decoding: the same answer twice.
+        assert_eq!(p.lf(&args).stdout, run.stdout, "{model}");
+    }
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use lf_steps::chat::{ChatMessage, build_prompt};
 use lf_steps::model::generate::{GenerateOptions, Sampling, generate};
-use lf_steps::model::{Cpu, CpuDevice, Dtype, load_tokenizer};
+use lf_steps::model::{Cpu, CpuDevice, Dtype};
 use lf_steps::train::artifact::ModelSource;
 use lf_steps::train::load_any;
 
@@ -18,8 +18,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = PathBuf::from(args.next().expect("usage: ask MODEL QUESTION..."));
     let source = ModelSource::detect(&path)?;
-    let tokenizer = load_tokenizer(source.tokenizer_path())
-        .or_else(|_| lf_steps::model::TokenizerBundle::from_hf_dir(source.tokenizer_path()))?;
+    let tokenizer = source.tokenizer()?;
     let model = load_any::<Cpu>(&path, &CpuDevice, Dtype::F32)?;
     let mut eos = tokenizer.eos_ids.clone();
     eos.extend(model.config.eos_token_ids.iter().copied());

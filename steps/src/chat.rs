@@ -1,4 +1,5 @@
-//! `lf chat`: an interactive (or one-shot) chat with a model directory or GGUF file.
+//! `lf chat`: an interactive (or one-shot) chat with a model: a HF directory, a GGUF file, or a
+//! LoRA artifact (its adapter is attached to the base it carries in `base/`).
 //!
 //! The principal function is [`chat`]; the CLI layer builds its [`ChatOptions`]. Prompts are
 //! rendered with the model's own chat template through [`render_chat_template`], the one place to
@@ -11,14 +12,15 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
+use crate::model::TokenizerBundle;
 use crate::model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
 use crate::model::generate::{GenerateOptions, Sampling, generate};
-use crate::model::{TokenizerBundle, load_model, load_tokenizer};
+use crate::train::artifact::ModelSource;
 
 /// What `lf chat` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ChatOptions {
-    /// A HF model directory, a `.gguf` file, or a directory holding one `.gguf`.
+    /// A HF model directory, a `.gguf` file, a directory holding one `.gguf`, or a LoRA artifact.
     pub model: PathBuf,
     /// Answer this one prompt and exit (no interactive loop).
     pub prompt: Option<String>,
@@ -220,13 +222,14 @@ impl InferenceTask for ChatTask {
 
     fn run<B: Backend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<()> {
         let opts = self.opts;
-        let tokenizer = load_tokenizer(&opts.model)
+        let source = ModelSource::detect(&opts.model)?;
+        let tokenizer = source
+            .tokenizer()
             .with_context(|| format!("cannot load the tokenizer of `{}`", opts.model.display()))?;
-        let loaded = load_model::<B>(&opts.model, &device, dtype)
-            .with_context(|| format!("cannot load model `{}`", opts.model.display()))?;
-        let model = loaded.model;
+        let config = source.config()?;
+        let model = source.load::<B>(&device, dtype)?;
         let mut eos_ids = tokenizer.eos_ids.clone();
-        for id in &loaded.config.eos_token_ids {
+        for id in &config.eos_token_ids {
             if !eos_ids.contains(id) {
                 eos_ids.push(*id);
             }
@@ -236,7 +239,7 @@ impl InferenceTask for ChatTask {
             sampling: opts.sampling.clone(),
             eos_ids: eos_ids.clone(),
             stop_strings: opts.stop.clone(),
-            pad_id: tokenizer.pad_id.or(loaded.config.pad_token_id).unwrap_or(0),
+            pad_id: tokenizer.pad_id.or(config.pad_token_id).unwrap_or(0),
         };
         let system: Vec<ChatMessage> = opts
             .system

@@ -69,8 +69,23 @@ impl Extensions for Ml {
         }
     }
 
-    fn chat(&self, _model: &Path, _args: &ChatArgs, _numerics: &Numerics) -> anyhow::Result<()> {
-        anyhow::bail!("`lf chat` is not available in this build yet")
+    fn chat(&self, model: &Path, args: &ChatArgs, numerics: &Numerics) -> anyhow::Result<()> {
+        chat::chat(chat::ChatOptions {
+            model: model.to_owned(),
+            prompt: args.prompt.clone(),
+            system: args.system.clone(),
+            sampling: model::generate::Sampling {
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+                repetition_penalty: args.repetition_penalty,
+                seed: args.seed,
+            },
+            max_new_tokens: args.max_new_tokens,
+            stop: Vec::new(),
+            device: numerics.device.parse().map_err(anyhow::Error::msg)?,
+            dtype: numerics.dtype.parse().map_err(anyhow::Error::msg)?,
+        })
     }
 
     fn preview(&self, kind: &str, artifact: &Path, rows: usize) -> anyhow::Result<()> {

@@ -27,7 +27,9 @@ use crate::files::{Transfer, transfer};
 use crate::model::gguf::GgufFile;
 use crate::model::linear::LoraConfig;
 use crate::model::load::{ModelFormat, SafetensorsSource, SaveDtype, write_safetensors};
-use crate::model::{Dtype, Llama, ModelConfig, load_model, load_tokenizer, save_hf};
+use crate::model::{
+    Dtype, Llama, ModelConfig, TokenizerBundle, load_model, load_tokenizer, save_hf,
+};
 
 /// peft's adapter config file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -113,6 +115,14 @@ impl ModelSource {
             ModelSource::Hf(dir) | ModelSource::Lora { dir, .. } => dir,
             ModelSource::Gguf(file) => file,
         }
+    }
+
+    /// The model's tokenizer (a LoRA artifact carries the tokenizer files of its base).
+    pub fn tokenizer(&self) -> anyhow::Result<TokenizerBundle> {
+        Ok(match self {
+            ModelSource::Hf(_) | ModelSource::Gguf(_) => load_tokenizer(self.tokenizer_path())?,
+            ModelSource::Lora { dir, .. } => TokenizerBundle::from_hf_dir(dir)?,
+        })
     }
 
     /// Loads the model; a LoRA artifact comes with its adapters attached (not merged).
