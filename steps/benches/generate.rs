@@ -18,6 +18,11 @@ fn env_usize(key: &str, default: usize) -> usize {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `cargo test --all-targets` runs bench targets without `--bench`: a benchmark is not a test.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("skipped: run with `cargo bench -p lf-steps --bench generate`");
+        return Ok(());
+    }
     let path = std::env::var_os("LF_BENCH_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
