@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
 use crate::model::generate::{GenerateOptions, Sampling, generate};
-use crate::model::{TokenizerBundle, load_model, load_tokenizer};
+use crate::model::{TokenizerBundle, load_tokenizer};
 
 /// What `lf chat` was asked to do.
 #[derive(Debug, Clone)]
@@ -220,13 +220,18 @@ impl InferenceTask for ChatTask {
 
     fn run<B: Backend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<()> {
         let opts = self.opts;
-        let tokenizer = load_tokenizer(&opts.model)
-            .with_context(|| format!("cannot load the tokenizer of `{}`", opts.model.display()))?;
-        let loaded = load_model::<B>(&opts.model, &device, dtype)
+        // A LoRA artifact has the tokenizer files but no `config.json` at its top.
+        let tokenizer = if opts.model.join("tokenizer.json").is_file() {
+            TokenizerBundle::from_hf_dir(&opts.model).map_err(anyhow::Error::from)
+        } else {
+            load_tokenizer(&opts.model).map_err(anyhow::Error::from)
+        }
+        .with_context(|| format!("cannot load the tokenizer of `{}`", opts.model.display()))?;
+        // A LoRA artifact (an adapter with its base in `base/`) comes with its adapter attached.
+        let model = crate::train::load_any::<B>(&opts.model, &device, dtype)
             .with_context(|| format!("cannot load model `{}`", opts.model.display()))?;
-        let model = loaded.model;
         let mut eos_ids = tokenizer.eos_ids.clone();
-        for id in &loaded.config.eos_token_ids {
+        for id in &model.config.eos_token_ids {
             if !eos_ids.contains(id) {
                 eos_ids.push(*id);
             }
@@ -236,7 +241,7 @@ impl InferenceTask for ChatTask {
             sampling: opts.sampling.clone(),
             eos_ids: eos_ids.clone(),
             stop_strings: opts.stop.clone(),
-            pad_id: tokenizer.pad_id.or(loaded.config.pad_token_id).unwrap_or(0),
+            pad_id: tokenizer.pad_id.or(model.config.pad_token_id).unwrap_or(0),
         };
         let system: Vec<ChatMessage> = opts
             .system

@@ -73,8 +73,25 @@ impl Extensions for Ml {
         }
     }
 
-    fn chat(&self, _model: &Path, _args: &ChatArgs, _numerics: &Numerics) -> anyhow::Result<()> {
-        anyhow::bail!("`lf chat` is not available in this build yet")
+    fn chat(&self, model: &Path, args: &ChatArgs, numerics: &Numerics) -> anyhow::Result<()> {
+        use std::str::FromStr as _;
+        let opts = chat::ChatOptions {
+            model: model.to_path_buf(),
+            prompt: args.prompt.clone(),
+            system: args.system.clone(),
+            sampling: model::Sampling {
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+                repetition_penalty: args.repetition_penalty,
+                seed: args.seed,
+            },
+            max_new_tokens: args.max_new_tokens,
+            stop: Vec::new(),
+            device: model::DeviceChoice::from_str(&numerics.device).map_err(anyhow::Error::msg)?,
+            dtype: model::Dtype::from_str(&numerics.dtype).map_err(anyhow::Error::msg)?,
+        };
+        chat::chat(opts)
     }
 
     fn preview(&self, kind: &str, artifact: &Path, rows: usize) -> anyhow::Result<()> {
