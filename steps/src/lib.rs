@@ -9,6 +9,7 @@ pub mod command;
 pub mod data;
 pub mod dataset;
 pub mod download;
+pub mod dpo;
 pub mod evaluate;
 pub mod export;
 pub mod files;
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod model;
 pub mod model_init;
 pub mod pretrain;
+pub mod rm;
 pub mod sft;
 pub mod template;
 pub mod tokenizer;
@@ -38,6 +40,8 @@ pub const KINDS: &[&dyn DynStep] = &[
     &model_init::ModelInit,
     &pretrain::Pretrain,
     &sft::Sft,
+    &rm::Rm,
+    &dpo::Dpo,
     &export::Export,
     &evaluate::Evaluate,
 ];

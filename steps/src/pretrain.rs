@@ -27,7 +27,7 @@ impl Step for Pretrain {
 
     fn check_inputs(&self, p: &PretrainParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
         let ft = run::finetuning_type(p, FinetuningType::Full);
-        check::check_inputs(p, Stage::Pt, ft, inputs)
+        check::check_inputs(p, Self::KIND, Stage::Pt, ft, inputs)
     }
 
     fn run(&self, p: &PretrainParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {

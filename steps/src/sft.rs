@@ -27,7 +27,7 @@ impl Step for Sft {
 
     fn check_inputs(&self, p: &SftParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
         let ft = run::finetuning_type(p, FinetuningType::Lora);
-        check::check_inputs(p, Stage::Sft, ft, inputs)
+        check::check_inputs(p, Self::KIND, Stage::Sft, ft, inputs)
     }
 
     fn run(&self, p: &SftParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {

@@ -160,6 +160,10 @@ pub struct Columns {
     /// preference: the rejected reply (default `rejected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// preference: a number by which the chosen reply should out-score the rejected one, for reward
+    /// models (Llama 2's margin loss). Default: no margin column (an explicit name is needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<String>,
     /// text: the text (default `text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,

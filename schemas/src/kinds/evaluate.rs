@@ -34,8 +34,9 @@ pub struct EvaluateParams {
     /// MMLU-style multiple-choice accuracy, few-shot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiple_choice: Option<ChoiceTask>,
-    /// Reward accuracy on preference pairs (a `dataset` step with `stage: rm`), for models with a value
-    /// head (`value_head.safetensors`).
+    /// Reward accuracy on preference pairs (a `dataset` step with `stage: rm`): a pair is right when the
+    /// chosen reply scores higher. Models with a value head (`value_head.safetensors`, from an `rm`
+    /// step) score a sequence with it; others by the reply's mean log-probability per token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reward: Option<RewardTask>,
     /// Time to first token and generation speed (written under `logs/`, not part of the results).

@@ -18,10 +18,12 @@ pub use export::ExportParams;
 pub use model::ModelParams;
 pub use template::TemplateParams;
 pub use tokenizer::TokenizerParams;
-pub use train::TrainParams;
+pub use train::{DpoParams, TrainParams};
 
 /// Parameters of `pretrain` (the same as `sft`'s; only the dataset stage and the default
 /// `finetuning_type` differ).
 pub type PretrainParams = TrainParams;
 /// Parameters of `sft`.
 pub type SftParams = TrainParams;
+/// Parameters of `rm` (the same as `sft`'s; the dataset has `stage: rm`).
+pub type RmParams = TrainParams;

@@ -12,7 +12,8 @@
 //! A split of a `pt` or `sft` dataset holds `input_ids` (u32), `labels` (i32, `-100` = not trained)
 //! and `offsets` (u64, rows + 1: row `i` is `[offsets[i], offsets[i+1])`), plus `position_ids` and
 //! `segment_ids` (u32) when `neat_packing` is on. A split of an `rm` dataset holds the same three
-//! arrays twice, prefixed `chosen_` and `rejected_`; row `i` of each is one pair.
+//! arrays twice, prefixed `chosen_` and `rejected_`; row `i` of each is one pair; and `margin` (f32, one
+//! per pair) when the data has a margin column.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -167,19 +168,19 @@ impl Split {
 }
 
 /// The rows of one split, as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SplitData {
     /// `pt` and `sft`.
     Seqs(Table),
-    /// `rm`: chosen and rejected, row for row.
-    Pairs(Table, Table),
+    /// `rm`: chosen and rejected, row for row, and each pair's margin when the data has them.
+    Pairs(Table, Table, Option<Vec<f32>>),
 }
 
 impl SplitData {
     /// The number of rows.
     pub fn rows(&self) -> usize {
         match self {
-            SplitData::Seqs(t) | SplitData::Pairs(t, _) => t.rows(),
+            SplitData::Seqs(t) | SplitData::Pairs(t, _, _) => t.rows(),
         }
     }
 
@@ -187,7 +188,7 @@ impl SplitData {
     pub fn info(&self, file: String) -> SplitInfo {
         let tables: Vec<&Table> = match self {
             SplitData::Seqs(t) => vec![t],
-            SplitData::Pairs(c, r) => vec![c, r],
+            SplitData::Pairs(c, r, _) => vec![c, r],
         };
         SplitInfo {
             file,
@@ -258,9 +259,13 @@ pub fn write_split(path: &Path, data: &SplitData) -> anyhow::Result<()> {
     };
     match data {
         SplitData::Seqs(t) => add("", t),
-        SplitData::Pairs(c, r) => {
+        SplitData::Pairs(c, r, margins) => {
             add("chosen_", c);
             add("rejected_", r);
+            if let Some(m) = margins {
+                let bytes = m.iter().flat_map(|x| x.to_le_bytes()).collect();
+                buffers.push(("margin".into(), Dtype::F32, bytes, m.len()));
+            }
         }
     }
     let views: Vec<(String, TensorView<'_>)> = buffers
@@ -333,10 +338,27 @@ pub fn read_split(path: &Path, stage: Stage) -> anyhow::Result<SplitData> {
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("`{}` is not a safetensors file", path.display()))?;
     Ok(match stage {
-        Stage::Rm => SplitData::Pairs(
-            read_table(&st, "chosen_", path)?,
-            read_table(&st, "rejected_", path)?,
-        ),
+        Stage::Rm => {
+            let c = read_table(&st, "chosen_", path)?;
+            let r = read_table(&st, "rejected_", path)?;
+            let margins = match st.tensor("margin") {
+                Err(_) => None,
+                Ok(t) => {
+                    anyhow::ensure!(
+                        t.dtype() == Dtype::F32 && t.shape() == [c.rows()] && r.rows() == c.rows(),
+                        "`{}`: `margin` does not hold one f32 per pair",
+                        path.display()
+                    );
+                    Some(
+                        t.data()
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                            .collect(),
+                    )
+                }
+            };
+            SplitData::Pairs(c, r, margins)
+        }
         Stage::Pt | Stage::Sft => SplitData::Seqs(read_table(&st, "", path)?),
     })
 }
@@ -454,7 +476,7 @@ impl TokenizedDataset {
     pub fn example(&self, i: usize) -> Example {
         match &self.data {
             SplitData::Seqs(t) => Example::Single(sequence(t, i)),
-            SplitData::Pairs(c, r) => Example::Pair {
+            SplitData::Pairs(c, r, _) => Example::Pair {
                 chosen: sequence(c, i),
                 rejected: sequence(r, i),
             },
@@ -466,7 +488,15 @@ impl TokenizedDataset {
         let len = |t: &Table| (t.offsets[i + 1] - t.offsets[i]) as usize;
         match &self.data {
             SplitData::Seqs(t) => len(t),
-            SplitData::Pairs(c, r) => len(c).max(len(r)),
+            SplitData::Pairs(c, r, _) => len(c).max(len(r)),
+        }
+    }
+
+    /// The margin of pair `i`, when the data has margins (`columns.margin` on the dataset step).
+    pub fn margin(&self, i: usize) -> Option<f32> {
+        match &self.data {
+            SplitData::Pairs(_, _, Some(m)) => m.get(i).copied(),
+            _ => None,
         }
     }
 }
@@ -600,9 +630,12 @@ mod tests {
         c.push_row(&[&seq(&[1, 2], &[IGNORE, 2])]);
         let mut r = Table::new(false);
         r.push_row(&[&seq(&[1, 3, 4], &[IGNORE, 3, 4])]);
-        let pairs = SplitData::Pairs(c, r);
+        let pairs = SplitData::Pairs(c.clone(), r.clone(), None);
         write_split(&path, &pairs).unwrap();
         assert_eq!(read_split(&path, Stage::Rm).unwrap(), pairs);
+        let with_margins = SplitData::Pairs(c, r, Some(vec![0.5]));
+        write_split(&path, &with_margins).unwrap();
+        assert_eq!(read_split(&path, Stage::Rm).unwrap(), with_margins);
     }
 
     #[test]

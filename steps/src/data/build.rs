@@ -216,17 +216,27 @@ pub fn build(
             Stage::Rm => {
                 let mut c = Table::new(false);
                 let mut r = Table::new(false);
+                let mut margins = Vec::new();
                 for &i in idx {
                     let Outcome::Pair {
-                        chosen, rejected, ..
+                        chosen,
+                        rejected,
+                        margin,
+                        ..
                     } = &kept_items[i].1
                     else {
                         unreachable!("rm rows are pairs")
                     };
                     c.push_row(&[chosen]);
                     r.push_row(&[rejected]);
+                    margins.push(*margin);
                 }
-                (SplitData::Pairs(c, r), idx.len())
+                // Margins are kept only when the data has them (`columns.margin`).
+                let margins = margins
+                    .iter()
+                    .any(Option::is_some)
+                    .then(|| margins.iter().map(|m| m.unwrap_or(0.0)).collect());
+                (SplitData::Pairs(c, r, margins), idx.len())
             }
         }
     };
@@ -438,6 +448,7 @@ fn has_placeholder(sample: &Sample) -> bool {
             prompt,
             chosen,
             rejected,
+            ..
         } => {
             prompt.messages.iter().any(|m| text(&m.content))
                 || text(&chosen.content)

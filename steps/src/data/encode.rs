@@ -117,6 +117,8 @@ pub enum Outcome {
         rejected: Encoded,
         /// Their rendered texts.
         texts: Box<(String, String)>,
+        /// How far the chosen reply should out-score the other, if the data says.
+        margin: Option<f32>,
         /// Remarks.
         flags: Flags,
     },
@@ -164,7 +166,13 @@ impl<'a> Encoder<'a> {
                 prompt,
                 chosen,
                 rejected,
-            } => self.pair(prompt, chosen, rejected),
+                margin,
+            } => self.pair(prompt, chosen, rejected).map(|mut o| {
+                if let Outcome::Pair { margin: m, .. } = &mut o {
+                    *m = margin.map(|x| x as f32);
+                }
+                o
+            }),
             Sample::Text(text) => self.doc(text),
         };
         result.unwrap_or_else(|(why, detail)| Outcome::Dropped(why, detail))
@@ -330,6 +338,7 @@ impl<'a> Encoder<'a> {
             chosen: c,
             rejected: r,
             texts: Box::new((ct, rt)),
+            margin: None,
             flags,
         })
     }
@@ -649,6 +658,7 @@ mod tests {
             prompt: conv(&[(Role::User, "Who are you?")]),
             chosen: Message::new(Role::Assistant, "Lumi."),
             rejected: Message::new(Role::Assistant, "A human."),
+            margin: None,
         };
         let Outcome::Pair {
             chosen, rejected, ..

@@ -73,6 +73,8 @@ pub enum Sample {
         chosen: Message,
         /// The other reply.
         rejected: Message,
+        /// How far the chosen reply should out-score the other (`columns.margin`), if given.
+        margin: Option<f64>,
     },
     /// Plain text (pretraining).
     Text(String),
@@ -123,6 +125,8 @@ pub struct Resolved {
     pub chosen: String,
     /// rejected reply.
     pub rejected: String,
+    /// margin of a pair (none: no margin column).
+    pub margin: Option<String>,
     /// text.
     pub text: String,
 }
@@ -236,6 +240,7 @@ pub fn resolve(
             tools: or(&columns.tools, "tools"),
             chosen: or(&columns.chosen, "chosen"),
             rejected: or(&columns.rejected, "rejected"),
+            margin: columns.margin.clone(),
             text: or(&columns.text, "text"),
         },
         tags,
@@ -321,10 +326,15 @@ impl Layout {
                 };
                 let chosen = self.reply(obj, &c.chosen, at)?;
                 let rejected = self.reply(obj, &c.rejected, at)?;
+                let margin = match &c.margin {
+                    None => None,
+                    Some(col) => Some(number(obj, col, at)?),
+                };
                 Ok(Sample::Pair {
                     prompt,
                     chosen,
                     rejected,
+                    margin,
                 })
             }
             Format::Auto => unreachable!("resolved before converting"),
@@ -602,6 +612,25 @@ fn missing(obj: &Map<String, Json>, column: &str, at: &Origin) -> DataError {
     }
 }
 
+/// A finite number (or a string holding one) in `column`.
+fn number(obj: &Map<String, Json>, column: &str, at: &Origin) -> Result<f64, DataError> {
+    let v = match obj.get(column) {
+        None => return Err(missing(obj, column, at)),
+        Some(Json::Number(n)) => n.as_f64(),
+        Some(Json::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    v.filter(|x| x.is_finite()).ok_or_else(|| {
+        DataError::row(
+            at,
+            format!(
+                "`{column}` is {}, not a number",
+                kind_of(obj.get(column).unwrap_or(&Json::Null))
+            ),
+        )
+    })
+}
+
 fn req_text(obj: &Map<String, Json>, column: &str, at: &Origin) -> Result<String, DataError> {
     match opt_text(obj, column, at)? {
         Some(s) => Ok(s),
@@ -741,6 +770,7 @@ pub fn dataset_info_entry(path: &Path, label: &str, name: &str) -> Result<InfoEn
         tools: get(&cols, "tools"),
         chosen: get(&cols, "chosen"),
         rejected: get(&cols, "rejected"),
+        margin: get(&cols, "margin"),
         text: None,
     };
     let t = strings("tags")?;
@@ -962,6 +992,32 @@ mod tests {
     }
 
     #[test]
+    fn a_margin_column_gives_pairs_their_margin() {
+        let cols = Columns {
+            margin: Some("m".into()),
+            ..Columns::default()
+        };
+        let pair = |m: Json| {
+            convert(
+                Format::Preference,
+                cols.clone(),
+                Tags::default(),
+                json!({"instruction": "Q", "chosen": "good", "rejected": "bad", "m": m}),
+            )
+        };
+        let Sample::Pair { margin, .. } = pair(json!(1.5)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(margin, Some(1.5));
+        let Sample::Pair { margin, .. } = pair(json!("0.25")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(margin, Some(0.25));
+        let e = pair(json!([1])).unwrap_err().to_string();
+        assert!(e.contains("`m` is an array, not a number"), "{e}");
+    }
+
+    #[test]
     fn preference_pairs_in_both_forms() {
         let s = convert(
             Format::Auto,
@@ -974,6 +1030,7 @@ mod tests {
             prompt,
             chosen,
             rejected,
+            margin: None,
         } = s
         else {
             panic!()

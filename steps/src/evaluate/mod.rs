@@ -48,7 +48,8 @@ pub struct Evaluate;
 impl Step for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 1;
+    // 2: models without a value head are scored by their replies' mean log-probability.
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "compare models on perplexity, BLEU/ROUGE of generated replies, multiple-choice and reward accuracy, and latency";
     const NUMERIC: bool = true;
 
@@ -599,37 +600,44 @@ impl InferenceTask for ModelRun<'_> {
         }
 
         if let (Some(t), Some((ds, rows))) = (&p.reward, &prepared.reward) {
-            results.reward = Some(match &art.value_head {
-                None => json!({
-                    "available": false,
-                    "note": "the model has no value head (`value_head.safetensors`)",
-                }),
+            ds.check_tokenizer(&art.tokenizer_dir)?;
+            tasks::check_ids(ds, *rows, vocab)?;
+            let b = bar(*rows, "pairs");
+            let (scorer, scores) = match &art.value_head {
                 Some(path) => {
-                    ds.check_tokenizer(&art.tokenizer_dir)?;
-                    tasks::check_ids(ds, *rows, vocab)?;
                     let head = tasks::ValueHead::read(path, art.config.hidden_size)?;
-                    let b = bar(*rows, "pairs");
                     let scores = tasks::rewards(&model, &head, ds, *rows, bs, |n| b.inc(n as u64))?;
-                    b.finish_and_clear();
-                    let n = scores.len() as f64;
-                    let wins = scores.iter().filter(|(c, r)| c > r).count();
-                    for (i, (c, r)) in scores.iter().enumerate() {
-                        predictions.push(json!({
-                            "model": label, "task": "reward", "index": i,
-                            "chosen": round6(*c), "rejected": round6(*r), "correct": c > r,
-                        }));
-                    }
-                    json!({
-                        "available": true,
-                        "split": split_of(t.split).name(),
-                        "pairs": scores.len(),
-                        "accuracy": round6(wins as f64 / n),
-                        "mean_chosen": round6(scores.iter().map(|s| s.0).sum::<f64>() / n),
-                        "mean_rejected": round6(scores.iter().map(|s| s.1).sum::<f64>() / n),
-                        "mean_margin": round6(scores.iter().map(|s| s.0 - s.1).sum::<f64>() / n),
-                    })
+                    ("value_head", scores)
                 }
+                None => {
+                    let scores = tasks::reply_logps(&model, ds, *rows, bs, |n| b.inc(n as u64))?;
+                    ("mean_logp", scores)
+                }
+            };
+            b.finish_and_clear();
+            let n = scores.len() as f64;
+            let wins = scores.iter().filter(|(c, r)| c > r).count();
+            for (i, (c, r)) in scores.iter().enumerate() {
+                predictions.push(json!({
+                    "model": label, "task": "reward", "index": i,
+                    "chosen": round6(*c), "rejected": round6(*r), "correct": c > r,
+                }));
+            }
+            let mut reward = json!({
+                "available": true,
+                "scorer": scorer,
+                "split": split_of(t.split).name(),
+                "pairs": scores.len(),
+                "accuracy": round6(wins as f64 / n),
+                "mean_chosen": round6(scores.iter().map(|s| s.0).sum::<f64>() / n),
+                "mean_rejected": round6(scores.iter().map(|s| s.1).sum::<f64>() / n),
+                "mean_margin": round6(scores.iter().map(|s| s.0 - s.1).sum::<f64>() / n),
             });
+            if scorer == "mean_logp" {
+                reward["note"] =
+                    json!("no value head: rewards are the replies' mean token log-probabilities");
+            }
+            results.reward = Some(reward);
         }
 
         results.latency = match &p.latency {

@@ -207,6 +207,16 @@ pub fn markdown(all: &[ModelResults], p: &EvaluateParams) -> String {
         row("reward margin".into(), &|r| {
             num(r.reward.as_ref().and_then(|v| v.get("mean_margin")), 3)
         });
+        row("reward scored by".into(), &|r| match r
+            .reward
+            .as_ref()
+            .and_then(|v| v.get("scorer"))
+            .and_then(Json::as_str)
+        {
+            Some("value_head") => "value head".into(),
+            Some("mean_logp") => "mean log p".into(),
+            _ => "–".into(),
+        });
     }
     s += "\nBLEU-4 (NLTK smoothing method 3) and ROUGE F1 are percentages averaged over samples; CJK text \
           is split per character. Details per model are in `results.json`, every prediction in \

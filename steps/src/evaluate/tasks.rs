@@ -1,5 +1,6 @@
 //! The evaluation tasks, each on one model: perplexity over trained tokens, multiple-choice scoring by
-//! the logits of the option letters, greedy generation, reward scores from a value head, and latency.
+//! the logits of the option letters, greedy generation, reward scores from a value head (or, without one,
+//! the replies' mean log-probabilities), and latency.
 //!
 //! Everything here is generic over the burn backend; the data they read is prepared on the host once
 //! for all models ([`Question`], [`GenSample`], the dataset splits).
@@ -439,6 +440,38 @@ pub fn rewards<B: Backend>(
             out.push((score(k), score(pairs + k)));
         }
         progress(chunk.len());
+    }
+    Ok(out)
+}
+
+/// The scores of the chosen and rejected sides of the first `rows` pairs of an `rm` split for a model
+/// without a value head: each reply's mean log-probability per token (SimPO's implicit reward, with
+/// no reference model).
+pub fn reply_logps<B: Backend>(
+    model: &Llama<B>,
+    ds: &TokenizedDataset,
+    rows: usize,
+    batch: usize,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<Vec<(f64, f64)>> {
+    use crate::train::loss::{LmBatch, row_logps};
+    let mut out = Vec::with_capacity(rows);
+    let idx: Vec<usize> = (0..rows).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let examples: Vec<Example> = chunk.iter().map(|&i| ds.example(i)).collect();
+        let b = LmBatch::new(&collate(&examples, ds.info().pad_id), false);
+        let lens = b.scored_per_row();
+        let sums = row_logps(model, &b)
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("cannot read log-probabilities back: {e:?}"))?;
+        let mean = |r: usize| f64::from(sums[r]) / lens[r].max(1) as f64;
+        let k = chunk.len();
+        for i in 0..k {
+            out.push((mean(i), mean(k + i)));
+        }
+        progress(k);
     }
     Ok(out)
 }

@@ -347,7 +347,7 @@ fn generation_scores_greedy_replies_against_references() {
 }
 
 #[test]
-fn reward_accuracy_needs_a_value_head_and_scores_the_last_token() {
+fn reward_accuracy_scores_the_last_token_with_a_value_head_and_mean_logps_without() {
     let s = setup();
     let data = dataset(&s.root, &s.model, "pairs.json", "rm", "rm-data");
     // A value head beside the weights of a copy of the model.
@@ -381,9 +381,11 @@ fn reward_accuracy_needs_a_value_head_and_scores_the_last_token() {
         ..Default::default()
     };
     let results = run(&p, &inputs, &out);
-    assert_eq!(results["models"][0]["reward"]["available"], false);
+    let base = &results["models"][0]["reward"];
+    assert_eq!(base["scorer"], "mean_logp");
     let r = &results["models"][1]["reward"];
     assert_eq!(r["available"], true);
+    assert_eq!(r["scorer"], "value_head");
 
     let model = load(&rm);
     let ds = TokenizedDataset::open(&data, Split::Train).unwrap();
@@ -401,7 +403,7 @@ fn reward_accuracy_needs_a_value_head_and_scores_the_last_token() {
     let mut wins = 0;
     let preds: Vec<Json> = predictions(&out)
         .into_iter()
-        .filter(|p| p["task"] == "reward")
+        .filter(|p| p["task"] == "reward" && p["model"] == "rm")
         .collect();
     assert_eq!(preds.len(), ds.len());
     for (i, pred) in preds.iter().enumerate() {

@@ -197,12 +197,13 @@ impl<B: Backend> Linear<B> {
         self
     }
 
-    /// Folds the adapter into a dense base (`W + B·A·scale`) and drops it.
+    /// Folds the adapter into a dense base (`W + B·A·scale`) and drops it. The merged weight is a new
+    /// leaf (detached from the adapter), so on an autodiff backend it can be trained in turn.
     pub fn merge_lora(mut self) -> Self {
         if let Some(lora) = self.lora.take() {
             let w = self.base.to_dense();
             let merged = w.clone() + ops::cast(lora.delta(), w.dtype());
-            self.base = BaseWeight::Dense(Param::from_tensor(merged));
+            self.base = BaseWeight::Dense(Param::from_tensor(merged.detach()));
         }
         self
     }

@@ -754,6 +754,19 @@ impl<B: Backend> Llama<B> {
         self
     }
 
+    /// The model with its LoRA adapters switched off: the base alone, sharing its weights with `self`
+    /// (tensors are reference-counted; nothing is copied).
+    pub fn without_lora(&self) -> Self {
+        let mut model = self.clone();
+        for layer in &mut model.layers {
+            layer.map_linears(|_, mut lin| {
+                lin.lora = None;
+                lin
+            });
+        }
+        model
+    }
+
     /// Folds every LoRA adapter into its base weight.
     pub fn merge_lora(mut self) -> Self {
         for layer in &mut self.layers {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use lf_engine::Problem;
 use lf_schemas::FieldPath;
-use lf_schemas::kinds::TrainParams;
 use lf_schemas::kinds::dataset::Stage;
-use lf_schemas::kinds::train::FinetuningType;
+use lf_schemas::kinds::train::{FinetuningType, PrefLoss};
+use lf_schemas::kinds::{DpoParams, TrainParams};
 
 use super::artifact::ModelSource;
 use super::params::{EXTRA_MODULES, LAYER_MODULES, LINEAR_MODULES};
@@ -154,10 +154,11 @@ pub fn check_params(p: &TrainParams) -> Vec<Problem> {
     out
 }
 
-/// Checks the parameters against the model and the dataset (`stage` is what the kind trains on;
-/// `finetuning` the resolved finetuning type).
+/// Checks the parameters against the model and the dataset (`kind` is the step kind, `stage` what it
+/// trains on; `finetuning` the resolved finetuning type).
 pub fn check_inputs(
     p: &TrainParams,
+    kind: &str,
     stage: Stage,
     finetuning: FinetuningType,
     inputs: &BTreeMap<String, PathBuf>,
@@ -189,10 +190,10 @@ pub fn check_inputs(
         ),
         Ok(info) => {
             if info.stage != stage {
-                let kind = if stage == Stage::Pt {
-                    "pretrain"
-                } else {
-                    "sft"
+                let what = match stage {
+                    Stage::Rm => "preference pairs",
+                    Stage::Sft => "conversations",
+                    Stage::Pt => "plain text",
                 };
                 out.push(
                     Problem::new(
@@ -204,7 +205,10 @@ pub fn check_inputs(
                             stage.name()
                         ),
                     )
-                    .hint(format!("set `stage: {}` on the dataset step", stage.name())),
+                    .hint(format!(
+                        "set `stage: {}` on the dataset step (`{kind}` trains on {what})",
+                        stage.name()
+                    )),
                 );
             }
             match tokenizer_fingerprint(source.tokenizer_path()) {
@@ -265,6 +269,94 @@ pub fn check_inputs(
                 .hint("train `embed_tokens` instead"),
             );
         }
+    }
+    out
+}
+
+/// Checks the preference settings of a `dpo` step.
+pub fn check_pref(p: &DpoParams) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if !(p.pref_beta.is_finite() && p.pref_beta > 0.0) {
+        out.push(
+            Problem::new(
+                key("pref_beta"),
+                format!("must be a positive number, got {}", p.pref_beta),
+            )
+            .hint("DPO's β is usually between 0.01 and 0.5; 0.1 is the default"),
+        );
+    }
+    if !(0.0..0.5).contains(&p.dpo_label_smoothing) {
+        out.push(Problem::new(
+            key("dpo_label_smoothing"),
+            format!("must be in [0, 0.5), got {}", p.dpo_label_smoothing),
+        ));
+    } else if p.dpo_label_smoothing > 0.0
+        && !matches!(p.pref_loss, PrefLoss::Sigmoid | PrefLoss::Simpo)
+    {
+        out.push(
+            Problem::new(
+                key("dpo_label_smoothing"),
+                format!("is not used by `pref_loss: {}`", p.pref_loss.name()),
+            )
+            .hint("label smoothing applies to `sigmoid` and `simpo`"),
+        );
+    }
+    if !(p.pref_ftx.is_finite() && p.pref_ftx >= 0.0) {
+        out.push(Problem::new(
+            key("pref_ftx"),
+            format!("must be 0 or more, got {}", p.pref_ftx),
+        ));
+    }
+    if !p.simpo_gamma.is_finite() {
+        out.push(Problem::new(
+            key("simpo_gamma"),
+            format!("must be a number, got {}", p.simpo_gamma),
+        ));
+    }
+    if p.ref_model.is_some() && !p.pref_loss.needs_reference() {
+        out.push(
+            Problem::new(
+                key("ref_model"),
+                format!(
+                    "`pref_loss: {}` uses no reference model",
+                    p.pref_loss.name()
+                ),
+            )
+            .hint("remove `ref_model`, or use `sigmoid`, `ipo` or `hinge`"),
+        );
+    }
+    out
+}
+
+/// Checks that the reference model of a `dpo` step reads the data as the policy does.
+pub fn check_reference(p: &DpoParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let (Some(ref_dir), Some(data_dir)) = (inputs.get("ref_model"), inputs.get("dataset")) else {
+        return out;
+    };
+    let source = match ModelSource::detect(ref_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            out.push(Problem::new(key("ref_model"), format!("{e:#}")));
+            return out;
+        }
+    };
+    if let (Ok(info), Ok(fp)) = (
+        read_info(data_dir),
+        tokenizer_fingerprint(source.tokenizer_path()),
+    ) && fp != info.tokenizer_fingerprint
+    {
+        out.push(
+            Problem::new(
+                key("ref_model"),
+                format!(
+                    "`{}` has another tokenizer than the one `{}` was tokenized with",
+                    p.ref_model.as_deref().unwrap_or_default(),
+                    p.dataset
+                ),
+            )
+            .hint("the reference must share the policy's tokenizer"),
+        );
     }
     out
 }

@@ -13,6 +13,7 @@
 //! checkpoint usable. The data cursor is the step number (batches are a function of seed and step),
 //! and randomness is reseeded from (seed, step), so nothing else needs saving.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,8 @@ use super::trainer::HostTensor;
 use crate::model::llama::TensorSource as _;
 use crate::model::load::{SafetensorsSource, SaveDtype, write_safetensors};
 
-/// Layout version of checkpoints.
-pub const VERSION: u32 = 1;
+/// Layout version of checkpoints (2: step records carry their objective's metrics).
+pub const VERSION: u32 = 2;
 
 /// One optimizer step, as recorded in `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct StepRecord {
     pub grad_norm: f64,
     /// Trained tokens in the step.
     pub tokens: usize,
+    /// The objective's other numbers (`rewards/chosen`, `accuracy`, ...), means over the step.
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Everything but the tensors.
@@ -67,7 +71,7 @@ mod exact_history {
 
     use super::StepRecord;
 
-    type Bits = (usize, u64, u64, u64, usize);
+    type Bits = (usize, u64, u64, u64, usize, Vec<(String, u64)>);
 
     pub fn serialize<S: Serializer>(h: &[StepRecord], s: S) -> Result<S::Ok, S::Error> {
         h.iter()
@@ -78,6 +82,10 @@ mod exact_history {
                     r.lr.to_bits(),
                     r.grad_norm.to_bits(),
                     r.tokens,
+                    r.metrics
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_bits()))
+                        .collect(),
                 )
             })
             .collect::<Vec<Bits>>()
@@ -87,12 +95,16 @@ mod exact_history {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<StepRecord>, D::Error> {
         Ok(Vec::<Bits>::deserialize(d)?
             .into_iter()
-            .map(|(step, loss, lr, grad_norm, tokens)| StepRecord {
+            .map(|(step, loss, lr, grad_norm, tokens, metrics)| StepRecord {
                 step,
                 loss: f64::from_bits(loss),
                 lr: f64::from_bits(lr),
                 grad_norm: f64::from_bits(grad_norm),
                 tokens,
+                metrics: metrics
+                    .into_iter()
+                    .map(|(k, v)| (k, f64::from_bits(v)))
+                    .collect(),
             })
             .collect())
     }
@@ -212,6 +224,7 @@ mod tests {
                 lr: 1.0 / 3.0,
                 grad_norm: 0.000993103448275862,
                 tokens: 7,
+                metrics: BTreeMap::from([("rewards/margins".to_string(), 0.1 + 0.7)]),
             }],
             logs: vec![],
         };

@@ -35,6 +35,8 @@ pub struct LmBatch {
     pub targets: Vec<i64>,
     /// Tokens in the batch (padding excluded), for throughput.
     pub tokens: usize,
+    /// Tokens of each row (padding excluded).
+    pub lens: Vec<usize>,
 }
 
 impl LmBatch {
@@ -64,12 +66,29 @@ impl LmBatch {
             scored,
             targets,
             tokens: batch.attention_mask.iter().filter(|&&m| m != 0).count(),
+            lens: (0..rows)
+                .map(|r| {
+                    batch.attention_mask[r * cols..(r + 1) * cols]
+                        .iter()
+                        .filter(|&&m| m != 0)
+                        .count()
+                })
+                .collect(),
         }
     }
 
     /// Number of scored positions (the loss's denominator contribution).
     pub fn n_scored(&self) -> usize {
         self.scored.len()
+    }
+
+    /// The number of scored positions of each row.
+    pub fn scored_per_row(&self) -> Vec<usize> {
+        let mut n = vec![0; self.shape[0]];
+        for &i in &self.scored {
+            n[i as usize / self.shape[1]] += 1;
+        }
+        n
     }
 
     /// The model input.
@@ -104,6 +123,40 @@ pub fn lm_loss_sum<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Option<Tens
     let targets =
         Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
     Some(cross_entropy_sum(logits, targets))
+}
+
+/// The summed log-probability of the scored tokens of each row (f32): `Σₜ log p(targetₜ)` over the
+/// positions of the row whose next token is trained. A row without scored positions gets 0.
+///
+/// # Shapes
+/// - output: `[rows]`
+pub fn row_logps<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> {
+    let device = model.device();
+    let [rows, cols] = batch.shape;
+    let n = batch.n_scored();
+    if n == 0 {
+        return Tensor::zeros([rows], (&device, DType::F32));
+    }
+    let hidden = model.forward_hidden(batch.input(&device), None);
+    let width = hidden.dims()[2];
+    let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.scored.clone(), [n]), &device);
+    let picked = hidden.reshape([rows * cols, width]).select(0, idx);
+    let logits = model.logits(picked.reshape([1, n, width]));
+    let vocab = logits.dims()[2];
+    let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
+    let targets =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
+    let max = logits.clone().detach().max_dim(1);
+    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let token_logps = logits.gather(1, targets) - lse; // [n, 1]
+    // Sum per row: a [rows, n] matrix of ones where token j belongs to row r.
+    let mut assign = vec![0f32; rows * n];
+    for (j, &i) in batch.scored.iter().enumerate() {
+        assign[(i as usize / cols) * n + j] = 1.0;
+    }
+    let assign =
+        Tensor::<B, 2>::from_data(TensorData::new(assign, [rows, n]), (&device, DType::F32));
+    assign.matmul(token_logps).reshape([rows])
 }
 
 /// `Σᵢ logsumexp(logitsᵢ) − logitsᵢ[targetᵢ]`, computed stably.

@@ -1,4 +1,4 @@
-//! Training: the loop `pretrain` and `sft` share, and the pieces it is made of.
+//! Training: the loop `pretrain`, `sft`, `rm` and `dpo` share, and the pieces it is made of.
 //!
 //! The principal type is [`Trainer`]: a [`Llama`](crate::model::Llama) on an autodiff backend with some
 //! parameters marked trainable (full, freeze or LoRA, see [`params::Method`]), gradient accumulation,
@@ -6,7 +6,11 @@
 //! data order, learning-rate schedule, logs, evaluation, checkpoints, the artifact.
 //!
 //! - [`params`]: every parameter by its Hugging Face name, and which ones a method trains.
-//! - [`loss`]: the shifted causal-LM cross-entropy over the trained tokens.
+//! - [`loss`]: the shifted causal-LM cross-entropy over the trained tokens, and per-row log-probabilities.
+//! - [`objective`]: what each kind optimises (LM loss, reward model, preference losses).
+//! - [`pref`]: the preference losses (DPO, IPO, hinge, ORPO, SimPO) and the reward model's loss.
+//! - [`reference`]: the reference log-probabilities of `dpo`, computed once and kept for resuming.
+//! - [`value_head`]: a reward model's scalar head.
 //! - [`trainer`]: [`Trainer`] and [`AdamW`].
 //! - [`schedule`]: learning-rate schedules with warmup.
 //! - [`order`]: which rows make up each step, a pure function of (seed, step).
@@ -16,20 +20,27 @@
 //! - [`plot`]: the loss curve PNG.
 //! - [`bench`]: `lf bench train`.
 //!
-//! The design is described in `docs/steps/sft.md` (artifact layouts, resume semantics).
+//! The design is described in `docs/steps/sft.md` (artifact layouts, resume semantics), `docs/steps/rm.md`
+//! and `docs/steps/dpo.md`.
 
 pub mod artifact;
 pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod loss;
+pub mod objective;
 pub mod order;
 pub mod params;
 pub mod plot;
+pub mod pref;
+pub mod reference;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
+pub mod value_head;
 
+#[cfg(test)]
+mod align;
 #[cfg(test)]
 mod tests;
 

@@ -1,13 +1,18 @@
-//! The training loop of `pretrain` and `sft`: resume from the last checkpoint, run optimizer steps,
-//! log, evaluate, checkpoint, and write the artifact.
+//! The training loop every training kind shares (`pretrain`, `sft`, `rm`, `dpo`): resume from the last
+//! checkpoint, run optimizer steps, log, evaluate, checkpoint, and write the artifact. What differs
+//! between kinds is the [`Objective`] (how rows become a loss) and, for `dpo`, the reference
+//! log-probabilities computed before the first step.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use burn::tensor::backend::AutodiffBackend;
+use burn::module::AutodiffModule as _;
+use burn::tensor::ElementConversion as _;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use lf_engine::StepContext;
 use lf_schemas::kinds::TrainParams;
 use lf_schemas::kinds::dataset::Stage;
@@ -16,17 +21,20 @@ use serde_json::{Value as Json, json};
 
 use super::artifact::{BaseOut, ModelSource, write_full, write_lora};
 use super::checkpoint::{self, CheckpointState, StepRecord};
-use super::loss::LmBatch;
+use super::objective::{Dpo, Lm, Objective, Rm};
 use super::order::DataOrder;
 use super::params::{FreezeSpec, Method};
 use super::plot;
+use super::pref::PrefConfig;
+use super::reference::Reference;
 use super::schedule::Schedule;
 use super::trainer::{AdamW, Trainer};
-use crate::data::{Split, TokenizedDataset, collate};
+use super::value_head::{self, ValueHead};
+use crate::data::{Split, TokenizedDataset};
 use crate::model::backend::{DeviceChoice, TrainingTask, run_training};
 use crate::model::linear::LoraConfig;
 use crate::model::load::SaveDtype;
-use crate::model::{Dtype, rng};
+use crate::model::{Dtype, Llama, rng};
 
 /// Training steps of one process run one at a time: they would compete for the same cores (or GPU),
 /// and burn's random state (LoRA dropout) is global to the process, so two at once would make each
@@ -98,6 +106,22 @@ pub struct Summary {
     pub resumed_from: Option<usize>,
 }
 
+/// What a training step optimises.
+#[derive(Debug, Clone)]
+pub enum Task {
+    /// Next-token prediction (`pretrain`, `sft`).
+    Lm,
+    /// A reward model: a value head and the pairwise loss (`rm`).
+    Rm,
+    /// Preference optimisation (`dpo`).
+    Dpo {
+        /// The loss.
+        cfg: PrefConfig,
+        /// Another reference model than the starting one.
+        ref_model: Option<ModelSource>,
+    },
+}
+
 /// Runs a `pretrain` (`stage: pt`) or `sft` step.
 pub fn run(
     p: &TrainParams,
@@ -105,11 +129,28 @@ pub fn run(
     default: FinetuningType,
     cx: &mut StepContext<'_>,
 ) -> anyhow::Result<()> {
+    run_task(p, stage, default, Task::Lm, cx).map(|_| ())
+}
+
+/// Runs a training step of any kind: `stage` is the stage of its data, `task` what it optimises.
+pub fn run_task(
+    p: &TrainParams,
+    stage: Stage,
+    default: FinetuningType,
+    task: Task,
+    cx: &mut StepContext<'_>,
+) -> anyhow::Result<Summary> {
     let finetuning = finetuning_type(p, default);
     let model_dir = cx.input("model")?;
     let data_dir = cx.input("dataset")?;
     let source = ModelSource::detect(model_dir)?;
     let train = TokenizedDataset::open(data_dir, Split::Train)?;
+    anyhow::ensure!(
+        train.info().stage == stage,
+        "the dataset has stage `{}`, this step trains on stage `{}` data",
+        train.info().stage.name(),
+        stage.name()
+    );
     let val = if train.info().splits.contains_key(Split::Val.name()) {
         Some(TokenizedDataset::open(data_dir, Split::Val)?)
     } else {
@@ -143,7 +184,6 @@ pub fn run(
     let _guard = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let job = Job {
         p,
-        stage,
         finetuning,
         method: method(p, finetuning),
         source,
@@ -151,16 +191,14 @@ pub fn run(
         val,
         order,
         schedule,
+        task,
         cx,
     };
-    let summary = run_training(device, dtype, job)??;
-    let _ = summary;
-    Ok(())
+    run_training(device, dtype, job)?
 }
 
 struct Job<'a, 'c> {
     p: &'a TrainParams,
-    stage: Stage,
     finetuning: FinetuningType,
     method: Method,
     source: ModelSource,
@@ -168,6 +206,7 @@ struct Job<'a, 'c> {
     val: Option<TokenizedDataset>,
     order: DataOrder,
     schedule: Schedule,
+    task: Task,
     cx: &'a mut StepContext<'c>,
 }
 
@@ -177,266 +216,449 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
     r.next_u64()
 }
 
+/// The reference log-probabilities of a `dpo` step: from the scratch folder when an earlier
+/// (interrupted) run computed them, else computed with `model` and saved there.
+fn reference<B: Backend>(
+    job: &Job<'_, '_>,
+    model: impl FnOnce() -> anyhow::Result<Llama<B>>,
+) -> anyhow::Result<Reference> {
+    let scratch = job.cx.scratch_dir();
+    match Reference::load(scratch, job.train.len(), job.val.as_ref().map(|v| v.len())) {
+        Ok(Some(r)) => {
+            tracing::info!("using the reference log-probabilities of an earlier run");
+            return Ok(r);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("ignoring saved reference log-probabilities: {e:#}"),
+    }
+    let model = model()?;
+    let rows = job.train.len() + job.val.as_ref().map_or(0, |v| v.len());
+    let bar = job.cx.progress().bar(rows as u64, "reference pairs");
+    let r = Reference::compute(
+        &model,
+        &job.train,
+        job.val.as_ref(),
+        job.p.batch_size,
+        |n| bar.inc(n as u64),
+    );
+    bar.finish_and_clear();
+    r.save(scratch)
+        .context("cannot save the reference log-probabilities")?;
+    Ok(r)
+}
+
 impl TrainingTask for Job<'_, '_> {
     type Output = anyhow::Result<Summary>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<Summary> {
-        let Job {
-            p,
-            stage,
-            finetuning,
-            method,
-            source,
-            train,
-            val,
-            order,
-            schedule,
-            cx,
-        } = self;
-        let out = cx.out_dir().to_owned();
-        let scratch = cx.scratch_dir().to_owned();
-        let logs_dir = out.join("logs");
-        fs::create_dir_all(&logs_dir)?;
-
-        let loaded = source.load::<B>(&device, dtype)?;
+        // Another reference model is used (and dropped) before the policy is loaded, so the two are
+        // never in memory together.
+        let mut early_reference = None;
+        if let Task::Dpo {
+            cfg,
+            ref_model: Some(r),
+        } = &self.task
+            && cfg.loss.needs_reference()
+        {
+            early_reference = Some(reference::<B::InnerBackend>(&self, || {
+                let loaded = r.load::<B::InnerBackend>(&device, dtype)?;
+                Ok(loaded.merge_lora())
+            })?);
+        }
+        let loaded = self.source.load::<B>(&device, dtype)?;
         // A LoRA input is merged into its base: training continues from the function it computes.
         let model = loaded.merge_lora();
-        let mut trainer = Trainer::new(model, &method, adamw(p), p.seed)
+        let trainer = Trainer::new(model, &self.method, adamw(self.p), self.p.seed)
             .context("cannot prepare the model for training")?;
-        let packed = train.info().neat_packing;
-        let pad = train.info().pad_id;
-
-        let mut history: Vec<StepRecord> = Vec::new();
-        let mut logs: Vec<Json> = Vec::new();
-        let mut start = 0;
-        let mut resumed_from = None;
-        match checkpoint::load(&scratch) {
-            Ok(Some(mut ck)) if ck.state.names == trainer.trained_names() => {
-                let steps = ck.state.slot_steps.clone();
-                trainer.import_state(&steps, &mut |name, shape| ck.tensor(name, shape))?;
-                start = ck.state.step;
-                history = ck.state.history;
-                logs = ck.state.logs;
-                resumed_from = Some(start);
-                tracing::info!(step = start, "resuming from the checkpoint");
+        let packed = self.train.info().neat_packing;
+        match self.task.clone() {
+            Task::Lm => {
+                let stage = self.train.info().stage.name();
+                train_loop(self, trainer, Lm { stage, packed }, dtype)
             }
-            Ok(Some(_)) => tracing::warn!("ignoring a checkpoint of other parameters"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!("ignoring an unreadable checkpoint: {e:#}"),
-        }
-        let metrics_path = logs_dir.join("metrics.jsonl");
-        let mut metrics_file = fs::File::create(&metrics_path)?;
-        for line in &logs {
-            writeln!(metrics_file, "{line}")?;
-        }
-
-        let total = order.total_steps;
-        let bar = cx.progress().bar(total as u64, "steps");
-        bar.set_position(start as u64);
-        let began = Instant::now();
-        let mut window_tokens = 0usize;
-        let mut run_tokens = 0usize;
-        let mut window_start = Instant::now();
-        let mut window_losses: Vec<f64> = Vec::new();
-        let mut permutation: Option<(usize, Vec<usize>)> = None;
-
-        for step in start..total {
-            let epoch = order.epoch_of(step);
-            if permutation.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                permutation = Some((epoch, order.permutation(epoch)));
-            }
-            let perm = &permutation.as_ref().expect("set above").1;
-            let batches: Vec<LmBatch> = order
-                .micro_batches(step, perm)
-                .iter()
-                .map(|rows| {
-                    let examples: Vec<_> = rows.iter().map(|&i| train.example(i)).collect();
-                    LmBatch::new(&collate(&examples, pad), packed)
-                })
-                .collect();
-            let denom: usize = batches.iter().map(LmBatch::n_scored).sum();
-            let mut loss_sum = 0.0;
-            for (j, batch) in batches.iter().enumerate() {
-                B::seed(&device, step_seed(p.seed, step, j));
-                if let Some(l) = trainer.accumulate(batch, denom.max(1) as f64) {
-                    loss_sum += l;
-                }
-                window_tokens += batch.tokens;
-                run_tokens += batch.tokens;
-            }
-            let lr = schedule.lr(step);
-            let grad_norm = trainer.step(lr, p.max_grad_norm);
-            let loss = if denom > 0 {
-                loss_sum / denom as f64
-            } else {
-                f64::NAN
-            };
-            anyhow::ensure!(
-                denom == 0 || loss.is_finite(),
-                "the loss became {loss} at step {}\nhint: lower `learning_rate`, or check the data",
-                step + 1
-            );
-            history.push(StepRecord {
-                step: step + 1,
-                loss,
-                lr,
-                grad_norm,
-                tokens: denom,
-            });
-            window_losses.push(loss);
-            let done = step + 1;
-            bar.set_position(done as u64);
-            bar.set_message(format!("loss {loss:.4}"));
-
-            if p.logging_steps > 0 && done.is_multiple_of(p.logging_steps) || done == total {
-                let secs = window_start.elapsed().as_secs_f64().max(1e-9);
-                let finite: Vec<f64> = window_losses
-                    .iter()
-                    .copied()
-                    .filter(|l| l.is_finite())
-                    .collect();
-                let line = json!({
-                    "step": done,
-                    "epoch": round6(order.epochs_done(done)),
-                    "loss": finite.iter().sum::<f64>() / finite.len().max(1) as f64,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": window_tokens as f64 / secs,
-                    "elapsed_s": began.elapsed().as_secs_f64(),
-                });
-                writeln!(metrics_file, "{line}")?;
-                logs.push(line);
-                window_tokens = 0;
-                window_losses.clear();
-                window_start = Instant::now();
-            }
-            if let Some(val) = &val
-                && p.eval_steps > 0
-                && done.is_multiple_of(p.eval_steps)
-                && done < total
-            {
-                let loss = evaluate(&trainer, val, p.batch_size, packed);
-                let line = json!({
-                    "step": done,
-                    "epoch": round6(order.epochs_done(done)),
-                    "eval_loss": loss,
-                    "eval_perplexity": loss.exp(),
-                });
-                writeln!(metrics_file, "{line}")?;
-                logs.push(line);
-            }
-            if p.save_steps > 0 && done.is_multiple_of(p.save_steps) && done < total {
-                let (tensors, slot_steps) = trainer.export_state();
-                let state = CheckpointState {
-                    version: checkpoint::VERSION,
-                    step: done,
-                    names: trainer.trained_names(),
-                    slot_steps,
-                    history: history.clone(),
-                    logs: logs.clone(),
+            Task::Rm => {
+                let hidden = trainer.model.config.hidden_size;
+                let existing = match &self.source {
+                    ModelSource::Hf(dir) | ModelSource::Lora { dir, .. } => {
+                        Some(dir.join(value_head::VALUE_HEAD)).filter(|p| p.is_file())
+                    }
+                    ModelSource::Gguf(_) => None,
                 };
-                checkpoint::save(&scratch, &state, tensors).context("cannot write a checkpoint")?;
+                let head = match existing {
+                    Some(path) => ValueHead::read(&path, hidden, &device)?,
+                    None => ValueHead::init(hidden, self.p.seed, &device),
+                };
+                let trainer = trainer.with_value_head(head);
+                train_loop(self, trainer, Rm, dtype)
+            }
+            Task::Dpo { cfg, .. } => {
+                let reference = match early_reference {
+                    Some(r) => Some(r),
+                    // The starting model, before any step: for LoRA the base with the (fresh) adapters
+                    // switched off, sharing its weights with the policy.
+                    None if cfg.loss.needs_reference() => {
+                        Some(reference::<B::InnerBackend>(&self, || {
+                            Ok(trainer.model.valid().without_lora())
+                        })?)
+                    }
+                    None => None,
+                };
+                train_loop(self, trainer, Dpo { cfg, reference }, dtype)
             }
         }
-        bar.finish_and_clear();
-        let train_secs = began.elapsed().as_secs_f64();
+    }
+}
 
-        let eval_loss = val
-            .as_ref()
-            .map(|val| evaluate(&trainer, val, p.batch_size, packed));
-        if let Some(loss) = eval_loss {
-            let line = json!({
-                "step": total,
-                "epoch": round6(order.epochs_done(total)),
-                "eval_loss": loss,
-                "eval_perplexity": loss.exp(),
+/// Means of `stats` (sums over `units`) by name.
+fn means(stats: &BTreeMap<&'static str, f64>, units: usize) -> BTreeMap<String, f64> {
+    stats
+        .iter()
+        .map(|(k, v)| (k.to_string(), v / units.max(1) as f64))
+        .collect()
+}
+
+/// The shared loop: resume, optimizer steps, logs, evaluation, checkpoints, the artifact.
+fn train_loop<B: AutodiffBackend, O: Objective>(
+    job: Job<'_, '_>,
+    mut trainer: Trainer<B>,
+    obj: O,
+    dtype: Dtype,
+) -> anyhow::Result<Summary> {
+    let Job {
+        p,
+        finetuning,
+        method,
+        source,
+        train,
+        val,
+        order,
+        schedule,
+        cx,
+        ..
+    } = job;
+    let device = trainer.model.device();
+    let out = cx.out_dir().to_owned();
+    let scratch = cx.scratch_dir().to_owned();
+    let logs_dir = out.join("logs");
+    fs::create_dir_all(&logs_dir)?;
+
+    let mut history: Vec<StepRecord> = Vec::new();
+    let mut logs: Vec<Json> = Vec::new();
+    let mut start = 0;
+    let mut resumed_from = None;
+    match checkpoint::load(&scratch) {
+        Ok(Some(mut ck)) if ck.state.names == trainer.trained_names() => {
+            let steps = ck.state.slot_steps.clone();
+            trainer.import_state(&steps, &mut |name, shape| ck.tensor(name, shape))?;
+            start = ck.state.step;
+            history = ck.state.history;
+            logs = ck.state.logs;
+            resumed_from = Some(start);
+            tracing::info!(step = start, "resuming from the checkpoint");
+        }
+        Ok(Some(_)) => tracing::warn!("ignoring a checkpoint of other parameters"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("ignoring an unreadable checkpoint: {e:#}"),
+    }
+    let metrics_path = logs_dir.join("metrics.jsonl");
+    let mut metrics_file = fs::File::create(&metrics_path)?;
+    for line in &logs {
+        writeln!(metrics_file, "{line}")?;
+    }
+
+    let total = order.total_steps;
+    let bar = cx.progress().bar(total as u64, "steps");
+    bar.set_position(start as u64);
+    let began = Instant::now();
+    let mut window_tokens = 0usize;
+    let mut run_tokens = 0usize;
+    let mut window_start = Instant::now();
+    let mut window_first = history.len();
+    let mut permutation: Option<(usize, Vec<usize>)> = None;
+
+    for step in start..total {
+        let epoch = order.epoch_of(step);
+        if permutation.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            permutation = Some((epoch, order.permutation(epoch)));
+        }
+        let perm = &permutation.as_ref().expect("set above").1;
+        let batches: Vec<O::Batch> = order
+            .micro_batches(step, perm)
+            .iter()
+            .map(|rows| obj.prepare(Split::Train, &train, rows))
+            .collect();
+        let denom: usize = batches.iter().map(|b| obj.units(b)).sum();
+        let mut loss_sum = 0.0;
+        let mut stats: BTreeMap<&'static str, f64> = BTreeMap::new();
+        for (j, batch) in batches.iter().enumerate() {
+            B::seed(&device, step_seed(p.seed, step, j));
+            if let Some((loss, s)) = obj.loss(&trainer.model, trainer.head.as_ref(), batch) {
+                loss_sum += trainer.backward(loss, denom.max(1) as f64);
+                for (k, v) in s {
+                    *stats.entry(k).or_default() += v;
+                }
+            }
+            let tokens = obj.tokens(batch);
+            window_tokens += tokens;
+            run_tokens += tokens;
+        }
+        let lr = schedule.lr(step);
+        let grad_norm = trainer.step(lr, p.max_grad_norm);
+        let loss = if denom > 0 {
+            loss_sum / denom as f64
+        } else {
+            f64::NAN
+        };
+        anyhow::ensure!(
+            denom == 0 || loss.is_finite(),
+            "the loss became {loss} at step {}\nhint: lower `learning_rate`, or check the data",
+            step + 1
+        );
+        history.push(StepRecord {
+            step: step + 1,
+            loss,
+            lr,
+            grad_norm,
+            tokens: denom,
+            metrics: means(&stats, denom),
+        });
+        let done = step + 1;
+        bar.set_position(done as u64);
+        bar.set_message(format!("loss {loss:.4}"));
+
+        if p.logging_steps > 0 && done.is_multiple_of(p.logging_steps) || done == total {
+            let secs = window_start.elapsed().as_secs_f64().max(1e-9);
+            let window = &history[window_first.min(history.len())..];
+            let finite: Vec<&StepRecord> = window.iter().filter(|h| h.loss.is_finite()).collect();
+            let n = finite.len().max(1) as f64;
+            let mut line = json!({
+                "step": done,
+                "epoch": round6(order.epochs_done(done)),
+                "loss": finite.iter().map(|h| h.loss).sum::<f64>() / n,
+                "lr": lr,
+                "grad_norm": grad_norm,
             });
+            let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
+            for h in &finite {
+                for (k, v) in &h.metrics {
+                    *sums.entry(k.as_str()).or_default() += v;
+                }
+            }
+            for (k, v) in sums {
+                line[k] = json!(v / n);
+            }
+            line["tokens_per_s"] = json!(window_tokens as f64 / secs);
+            line["elapsed_s"] = json!(began.elapsed().as_secs_f64());
+            writeln!(metrics_file, "{line}")?;
+            logs.push(line);
+            window_tokens = 0;
+            window_first = history.len();
+            window_start = Instant::now();
+        }
+        if let Some(val) = &val
+            && p.eval_steps > 0
+            && done.is_multiple_of(p.eval_steps)
+            && done < total
+        {
+            let line = eval_line(&obj, &trainer, val, p.batch_size, done, &order);
             writeln!(metrics_file, "{line}")?;
             logs.push(line);
         }
-        drop(metrics_file);
-
-        // The artifact.
-        let save = match dtype {
-            Dtype::F32 => SaveDtype::F32,
-            Dtype::Bf16 => SaveDtype::Bf16,
-        };
-        let trainable = trainer.trained_params();
-        let total_params = trainer.model.config.num_params();
-        match &method {
-            Method::Lora(cfg) => {
-                let base = match &source {
-                    ModelSource::Lora { .. } => BaseOut::Write(&trainer.model, &source),
-                    other => BaseOut::Link(other),
-                };
-                write_lora(&trainer.model, cfg, base, &out)?;
-            }
-            _ => write_full(trainer.model, &source, &out, save)?,
+        if p.save_steps > 0 && done.is_multiple_of(p.save_steps) && done < total {
+            let (tensors, slot_steps) = trainer.export_state();
+            let state = CheckpointState {
+                version: checkpoint::VERSION,
+                step: done,
+                names: trainer.trained_names(),
+                slot_steps,
+                history: history.clone(),
+                logs: logs.clone(),
+            };
+            checkpoint::save(&scratch, &state, tensors).context("cannot write a checkpoint")?;
         }
-        let finite: Vec<f64> = history
-            .iter()
-            .map(|h| h.loss)
-            .filter(|l| l.is_finite())
-            .collect();
-        let train_loss = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
-        let final_loss = finite.last().copied().unwrap_or(f64::NAN);
-        let state = json!({
-            "format": "lf-trainer-state",
-            "version": 1,
-            "stage": stage.name(),
-            "finetuning_type": finetuning.name(),
-            "global_step": total,
-            "epochs": round6(order.epochs_done(total)),
-            "steps_per_epoch": order.steps_per_epoch,
-            "train_rows": order.rows,
-            "batch_size": p.batch_size,
-            "gradient_accumulation_steps": p.gradient_accumulation_steps,
-            "warmup_steps": schedule.warmup,
-            "trained_tokens": history.iter().map(|h| h.tokens).sum::<usize>(),
-            "trainable_params": trainable,
-            "total_params": total_params,
-            "train_loss": train_loss,
-            "final_loss": final_loss,
-            "eval_loss": eval_loss,
-            "eval_perplexity": eval_loss.map(f64::exp),
-            "log_history": history,
-        });
-        fs::write(
-            out.join("trainer_state.json"),
-            serde_json::to_string_pretty(&state)? + "\n",
-        )?;
+    }
+    bar.finish_and_clear();
+    let train_secs = began.elapsed().as_secs_f64();
 
-        let curve: Vec<(f64, f64)> = history.iter().map(|h| (h.step as f64, h.loss)).collect();
-        let val_curve: Vec<(f64, f64)> = logs
-            .iter()
-            .filter_map(|l| Some((l["step"].as_f64()?, l["eval_loss"].as_f64()?)))
-            .collect();
-        if let Err(e) = plot::loss_curve(&logs_dir.join("loss.png"), &curve, &val_curve) {
-            tracing::warn!("{e:#}");
+    let final_eval = val
+        .as_ref()
+        .map(|val| eval_line(&obj, &trainer, val, p.batch_size, total, &order));
+    if let Some(line) = &final_eval {
+        writeln!(metrics_file, "{line}")?;
+        logs.push(line.clone());
+    }
+    drop(metrics_file);
+    let eval_loss = final_eval.as_ref().and_then(|l| l["eval_loss"].as_f64());
+
+    // The artifact.
+    let save = match dtype {
+        Dtype::F32 => SaveDtype::F32,
+        Dtype::Bf16 => SaveDtype::Bf16,
+    };
+    let trainable = trainer.trained_params();
+    let total_params = trainer.model.config.num_params();
+    if let Some(head) = &trainer.head {
+        head.save(&out)?;
+    }
+    match &method {
+        Method::Lora(cfg) => {
+            let base = match &source {
+                ModelSource::Lora { .. } => BaseOut::Write(&trainer.model, &source),
+                other => BaseOut::Link(other),
+            };
+            write_lora(&trainer.model, cfg, base, &out)?;
         }
+        _ => write_full(trainer.model, &source, &out, save)?,
+    }
+    let finite: Vec<f64> = history
+        .iter()
+        .map(|h| h.loss)
+        .filter(|l| l.is_finite())
+        .collect();
+    let train_loss = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+    let final_loss = finite.last().copied().unwrap_or(f64::NAN);
+    // The objective's numbers over the last epoch (or the whole run, if shorter).
+    let last_epoch = &history[history.len().saturating_sub(order.steps_per_epoch)..];
+    let mut final_metrics: BTreeMap<String, f64> = BTreeMap::new();
+    for h in last_epoch {
+        for (k, v) in &h.metrics {
+            *final_metrics.entry(k.clone()).or_default() += v / last_epoch.len() as f64;
+        }
+    }
+    let mut state = json!({
+        "format": "lf-trainer-state",
+        "version": 1,
+        "stage": obj.stage(),
+        "finetuning_type": finetuning.name(),
+        "global_step": total,
+        "epochs": round6(order.epochs_done(total)),
+        "steps_per_epoch": order.steps_per_epoch,
+        "train_rows": order.rows,
+        "batch_size": p.batch_size,
+        "gradient_accumulation_steps": p.gradient_accumulation_steps,
+        "warmup_steps": schedule.warmup,
+        "trained_tokens": history.iter().map(|h| h.tokens).sum::<usize>(),
+        "trainable_params": trainable,
+        "total_params": total_params,
+        "train_loss": train_loss,
+        "final_loss": final_loss,
+        "eval_loss": eval_loss,
+    });
+    if obj.is_nll() {
+        state["eval_perplexity"] = json!(eval_loss.map(f64::exp));
+    } else {
+        state["trained_tokens"] = json!(null);
+        state["trained_pairs"] = json!(history.iter().map(|h| h.tokens).sum::<usize>());
+        state["final_metrics"] = json!(final_metrics);
+        if let Some(line) = &final_eval {
+            state["eval_metrics"] = line.clone();
+        }
+    }
+    state["log_history"] = json!(history);
+    fs::write(
+        out.join("trainer_state.json"),
+        serde_json::to_string_pretty(&state)? + "\n",
+    )?;
 
-        let tokens_per_s = run_tokens as f64 / train_secs.max(1e-9);
-        cx.metric("train_loss", round6(train_loss));
-        cx.metric("final_loss", round6(final_loss));
-        if let Some(l) = eval_loss {
-            cx.metric("eval_loss", round6(l));
+    let curve: Vec<(f64, f64)> = history.iter().map(|h| (h.step as f64, h.loss)).collect();
+    let val_curve: Vec<(f64, f64)> = logs
+        .iter()
+        .filter_map(|l| Some((l["step"].as_f64()?, l["eval_loss"].as_f64()?)))
+        .collect();
+    if let Err(e) = plot::loss_curve(&logs_dir.join("loss.png"), &curve, &val_curve) {
+        tracing::warn!("{e:#}");
+    }
+
+    let tokens_per_s = run_tokens as f64 / train_secs.max(1e-9);
+    cx.metric("train_loss", round6(train_loss));
+    cx.metric("final_loss", round6(final_loss));
+    if let Some(l) = eval_loss {
+        cx.metric("eval_loss", round6(l));
+        if obj.is_nll() {
             cx.metric("eval_perplexity", round6(l.exp()));
         }
-        cx.metric("steps", total);
-        cx.metric("trainable_params", trainable);
-        cx.metric("tokens_per_s", tokens_per_s.round());
-        if let Some(s) = resumed_from {
-            cx.metric("resumed_from_step", s);
+    }
+    for (k, v) in &final_metrics {
+        cx.metric(k, round6(*v));
+    }
+    if let Some(line) = &final_eval
+        && let Some(m) = line.as_object()
+    {
+        for (k, v) in m {
+            if k.starts_with("eval_") && k != "eval_loss" && k != "eval_perplexity" {
+                cx.metric(k, v.as_f64().map_or(Json::Null, |x| json!(round6(x))));
+            }
         }
-        Ok(Summary {
-            steps: total,
-            train_loss,
-            final_loss,
-            eval_loss,
-            trainable_params: trainable,
-            tokens_per_s,
-            resumed_from,
-        })
+    }
+    cx.metric("steps", total);
+    cx.metric("trainable_params", trainable);
+    cx.metric("tokens_per_s", tokens_per_s.round());
+    if let Some(s) = resumed_from {
+        cx.metric("resumed_from_step", s);
+    }
+    let _ = device;
+    Ok(Summary {
+        steps: total,
+        train_loss,
+        final_loss,
+        eval_loss,
+        trainable_params: trainable,
+        tokens_per_s,
+        resumed_from,
+    })
+}
+
+/// A `metrics.jsonl` line with the objective evaluated on `data` after step `done`.
+fn eval_line<B: AutodiffBackend, O: Objective>(
+    obj: &O,
+    trainer: &Trainer<B>,
+    data: &TokenizedDataset,
+    batch_size: usize,
+    done: usize,
+    order: &DataOrder,
+) -> Json {
+    let (loss, stats) = evaluate_objective(obj, trainer, data, batch_size);
+    let mut line = json!({
+        "step": done,
+        "epoch": round6(order.epochs_done(done)),
+        "eval_loss": loss,
+    });
+    if obj.is_nll() {
+        line["eval_perplexity"] = json!(loss.exp());
+    }
+    for (k, v) in stats {
+        line[format!("eval_{k}")] = json!(v);
+    }
+    line
+}
+
+/// The objective's mean loss and numbers over `data`, in order, `batch_size` rows at a time, without
+/// gradients.
+pub fn evaluate_objective<B: AutodiffBackend, O: Objective>(
+    obj: &O,
+    trainer: &Trainer<B>,
+    data: &TokenizedDataset,
+    batch_size: usize,
+) -> (f64, BTreeMap<String, f64>) {
+    let model = trainer.model.valid();
+    let head = trainer.head.as_ref().map(|h| h.valid());
+    let (mut sum, mut count) = (0.0, 0usize);
+    let mut stats: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let rows: Vec<usize> = (0..data.len()).collect();
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = obj.prepare(data.split(), data, chunk);
+        if let Some((loss, s)) = obj.loss(&model, head.as_ref(), &batch) {
+            sum += loss.into_scalar().elem::<f64>();
+            count += obj.units(&batch);
+            for (k, v) in s {
+                *stats.entry(k).or_default() += v;
+            }
+        }
+    }
+    if count == 0 {
+        (f64::NAN, BTreeMap::new())
+    } else {
+        (sum / count as f64, means(&stats, count))
     }
 }
 
@@ -451,18 +673,9 @@ pub fn evaluate<B: AutodiffBackend>(
     batch_size: usize,
     packed: bool,
 ) -> f64 {
-    let pad = data.info().pad_id;
-    let (mut sum, mut count) = (0.0, 0usize);
-    let rows: Vec<usize> = (0..data.len()).collect();
-    for chunk in rows.chunks(batch_size.max(1)) {
-        let examples: Vec<_> = chunk.iter().map(|&i| data.example(i)).collect();
-        let (s, n) = trainer.eval_loss(&LmBatch::new(&collate(&examples, pad), packed));
-        sum += s;
-        count += n;
-    }
-    if count == 0 {
-        f64::NAN
-    } else {
-        sum / count as f64
-    }
+    let lm = Lm {
+        stage: data.info().stage.name(),
+        packed,
+    };
+    evaluate_objective(&lm, trainer, data, batch_size).0
 }

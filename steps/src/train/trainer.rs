@@ -22,6 +22,7 @@ use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 
 use super::loss::{LmBatch, lm_loss_sum};
 use super::params::{Method, ParamMut, decays, visit_params};
+use super::value_head::{self, ValueHead};
 use crate::model::{Llama, ops};
 
 /// AdamW hyper-parameters (the learning rate comes with each step).
@@ -67,6 +68,8 @@ struct Slot<I: Backend> {
     master: Option<Tensor<I, 1>>,
     /// Accumulated gradient, f32, flat.
     grad: Option<Tensor<I, 1>>,
+    /// The dtype the parameter is stored in.
+    dtype: DType,
 }
 
 /// A tensor of the optimizer state or a trained parameter, on the host, for checkpoints.
@@ -87,9 +90,10 @@ pub type TensorReader<'a> = dyn FnMut(&str, &[usize]) -> anyhow::Result<Vec<f32>
 pub struct Trainer<B: AutodiffBackend> {
     /// The model; trained parameters require gradients, the others do not.
     pub model: Llama<B>,
+    /// A reward model's value head (always trained), after the model's parameters in walk order.
+    pub head: Option<ValueHead<B>>,
     slots: Vec<Slot<B::InnerBackend>>,
     adamw: AdamW,
-    dtype: DType,
 }
 
 fn flat_inner<B: AutodiffBackend, const D: usize>(
@@ -123,6 +127,42 @@ fn shape_of<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> Vec<usize> {
     p.val().dims().to_vec()
 }
 
+/// Calls `f(name, param)` for every parameter of `model`, then of `head`, in a fixed order.
+fn visit_all<B: Backend>(
+    model: &mut Llama<B>,
+    head: &mut Option<ValueHead<B>>,
+    f: &mut dyn FnMut(&str, ParamMut<'_, B>),
+) {
+    visit_params(model, f);
+    if let Some(h) = head {
+        f(value_head::WEIGHT, ParamMut::R2(&mut h.weight));
+        f(value_head::BIAS, ParamMut::R1(&mut h.bias));
+    }
+}
+
+fn new_slot<I: Backend>(
+    name: &str,
+    shape: Vec<usize>,
+    value: Tensor<I, 1>,
+    dtype: DType,
+    decay: bool,
+    device: &I::Device,
+) -> Slot<I> {
+    let n = shape.iter().product::<usize>();
+    let zeros = || Tensor::<I, 1>::zeros([n], (device, DType::F32));
+    Slot {
+        name: name.to_string(),
+        shape,
+        decay,
+        step: 0,
+        m: zeros(),
+        v: zeros(),
+        master: (dtype != DType::F32).then_some(value),
+        grad: None,
+        dtype,
+    }
+}
+
 impl<B: AutodiffBackend> Trainer<B> {
     /// Prepares `model` for `method`: attaches LoRA adapters (drawn from `seed`), marks what is trained,
     /// and creates zeroed optimizer state.
@@ -153,26 +193,45 @@ impl<B: AutodiffBackend> Trainer<B> {
                 }
             };
             if let Some(value) = value {
-                let n = shape.iter().product::<usize>();
-                let zeros = || Tensor::<B::InnerBackend, 1>::zeros([n], (&device, DType::F32));
-                slots.push(Slot {
-                    name: name.to_string(),
-                    shape,
-                    decay: adamw.decay_all || decays(name),
-                    step: 0,
-                    m: zeros(),
-                    v: zeros(),
-                    master: (dtype != DType::F32).then_some(value),
-                    grad: None,
-                });
+                let decay = adamw.decay_all || decays(name);
+                slots.push(new_slot(name, shape, value, dtype, decay, &device));
             }
         });
         Ok(Trainer {
             model,
+            head: None,
             slots,
             adamw,
-            dtype,
         })
+    }
+
+    /// Adds a value head, trained along with the model (its parameters are f32 whatever the model's
+    /// dtype).
+    pub fn with_value_head(mut self, head: ValueHead<B>) -> Self {
+        let device = self.model.device();
+        let mut head = Some(head);
+        let h = head.as_mut().expect("just set");
+        let adamw = self.adamw;
+        for (name, p) in [
+            (value_head::WEIGHT, ParamMut::R2(&mut h.weight)),
+            (value_head::BIAS, ParamMut::R1(&mut h.bias)),
+        ] {
+            let (shape, value) = match p {
+                ParamMut::R1(p) => {
+                    *p = p.clone().set_require_grad(true);
+                    (shape_of(p), flat_inner(p))
+                }
+                ParamMut::R2(p) => {
+                    *p = p.clone().set_require_grad(true);
+                    (shape_of(p), flat_inner(p))
+                }
+            };
+            let decay = adamw.decay_all || decays(name);
+            self.slots
+                .push(new_slot(name, shape, value, DType::F32, decay, &device));
+        }
+        self.head = head;
+        self
     }
 
     /// Names of the trained parameters, in walk order.
@@ -193,11 +252,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Returns the summed (undivided) loss, or `None` when the batch scores no token.
     pub fn accumulate(&mut self, batch: &LmBatch, denom: f64) -> Option<f64> {
         let loss = lm_loss_sum(&self.model, batch)?;
+        Some(self.backward(loss, denom))
+    }
+
+    /// Adds the gradient of `loss / denom` (a one-element tensor computed from [`Trainer::model`] and
+    /// [`Trainer::head`]) to the accumulated gradients. Returns the value of `loss`.
+    pub fn backward(&mut self, loss: Tensor<B, 1>, denom: f64) -> f64 {
         let value: f64 = loss.clone().inner().into_scalar().elem();
         let grads = loss.div_scalar(denom).backward();
         let slots = &mut self.slots;
         let mut k = 0;
-        visit_params(&mut self.model, &mut |name, p| {
+        visit_all(&mut self.model, &mut self.head, &mut |name, p| {
             let Some(slot) = slots.get_mut(k).filter(|s| s.name == name) else {
                 return;
             };
@@ -213,7 +278,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 });
             }
         });
-        Some(value)
+        value
     }
 
     /// The L2 norm of all accumulated gradients together (`clip_grad_norm_`'s total norm).
@@ -263,10 +328,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // Apply the updates to the parameters (weight decay first, as torch does).
         let slots = &mut self.slots;
-        let dtype = self.dtype;
         let wd = a.weight_decay;
         let mut k = 0;
-        visit_params(&mut self.model, &mut |name, p| {
+        visit_all(&mut self.model, &mut self.head, &mut |name, p| {
             let Some(slot) = slots.get_mut(k).filter(|s| s.name == name) else {
                 return;
             };
@@ -289,8 +353,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 slot.master = Some(new.clone());
             }
             match p {
-                ParamMut::R1(p) => set_param(p, new, dtype),
-                ParamMut::R2(p) => set_param(p, new, dtype),
+                ParamMut::R1(p) => set_param(p, new, slot.dtype),
+                ParamMut::R2(p) => set_param(p, new, slot.dtype),
             }
         });
         norm
@@ -313,7 +377,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut params = Vec::new();
         let slots = &self.slots;
         let mut k = 0;
-        visit_params(&mut self.model, &mut |name, p| {
+        visit_all(&mut self.model, &mut self.head, &mut |name, p| {
             let Some(slot) = slots.get(k).filter(|s| s.name == name) else {
                 return;
             };
@@ -373,18 +437,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             values.push(value);
         }
         let slots = &self.slots;
-        let dtype = self.dtype;
         let mut values = values.into_iter();
         let mut k = 0;
-        visit_params(&mut self.model, &mut |name, p| {
+        visit_all(&mut self.model, &mut self.head, &mut |name, p| {
             if slots.get(k).is_none_or(|s| s.name != name) {
                 return;
             }
             k += 1;
             let v = values.next().expect("one value per slot");
             match p {
-                ParamMut::R1(p) => set_param(p, v, dtype),
-                ParamMut::R2(p) => set_param(p, v, dtype),
+                ParamMut::R1(p) => set_param(p, v, slots[k - 1].dtype),
+                ParamMut::R2(p) => set_param(p, v, slots[k - 1].dtype),
             }
         });
         Ok(())
