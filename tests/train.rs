@@ -170,6 +170,23 @@ fn data_of_another_tokenizer_is_refused_before_training() {
         "{}",
         run.stderr
     );
+    // Now that the dataset exists, planning finds the mismatch: exit 2, located in the manifest,
+    // and `lf run` refuses before running anything.
+    let manifest_line = text
+        .lines()
+        .position(|l| l.trim() == "dataset: other")
+        .unwrap()
+        + 1;
+    for args in [&["plan", "p.yaml"][..], &["run", "p.yaml"]] {
+        let again = p.lf(args);
+        assert_eq!(again.code, 2, "{args:?}: {}", again.stderr);
+        assert!(
+            again.stderr.contains(&format!("p.yaml:{manifest_line}:14")),
+            "{}",
+            again.stderr
+        );
+        assert!(again.stderr.contains("nothing ran"), "{}", again.stderr);
+    }
 }
 
 #[test]

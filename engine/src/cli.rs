@@ -367,6 +367,11 @@ fn dispatch(app: &App, cli: &Cli) -> anyhow::Result<ExitCode> {
             };
             let store = open_store(cli)?;
             let (numerics, plan) = make_plan(app, cli, &pipeline, &store, args)?;
+            if let Some(code) =
+                report_plan_problems(app, &args.manifest, &pipeline, &plan, color, args.json)
+            {
+                return Ok(code);
+            }
             print_plan(&pipeline, &plan, &numerics, args.json, cli.verbose)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -534,6 +539,43 @@ fn load(app: &App, args: &ManifestArgs, color: bool, json: bool) -> Result<Pipel
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
+/// another model, ...), like validation errors: before anything runs, exit code 2.
+fn report_plan_problems(
+    app: &App,
+    args: &ManifestArgs,
+    pipeline: &Pipeline,
+    plan: &Plan,
+    color: bool,
+    json: bool,
+) -> Option<ExitCode> {
+    let mut diags = plan.diagnostics(pipeline);
+    if diags.is_empty() {
+        return None;
+    }
+    let text = match &args.file {
+        Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        None => app.quickstart.to_string(),
+    };
+    let display = pipeline.path.display().to_string();
+    let source = SourceFile {
+        path: &display,
+        text: &text,
+    };
+    if json {
+        diag::locate(&mut diags, &source);
+        println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+    } else {
+        eprint!("{}", diag::render(&diags, &source, color));
+        eprintln!(
+            "error: the inputs of `{display}`'s steps have {} problem{}; nothing ran",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+    }
+    Some(ExitCode::from(2))
 }
 
 fn open_store(cli: &Cli) -> anyhow::Result<Store> {
@@ -705,6 +747,16 @@ fn run_command(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::Res
     let lock_file = lockfile_path(cli, &pipeline, &args.plan.manifest);
     let lock = Lockfile::read(&lock_file)?;
     let (numerics, plan) = make_plan(app, cli, &pipeline, &store, &args.plan)?;
+    if let Some(code) = report_plan_problems(
+        app,
+        &args.plan.manifest,
+        &pipeline,
+        &plan,
+        color,
+        args.plan.json,
+    ) {
+        return Ok(code);
+    }
     if args.dry_run {
         print_plan(&pipeline, &plan, &numerics, args.plan.json, cli.verbose)?;
         return Ok(ExitCode::SUCCESS);
@@ -856,7 +908,12 @@ fn print_summary(record: &RunRecord) {
             .iter()
             .map(|(k, v)| match v {
                 Json::Number(n) if n.is_f64() => {
-                    format!("{k}={:.4}", n.as_f64().unwrap_or_default())
+                    let v = n.as_f64().unwrap_or_default();
+                    if v.fract() == 0.0 && v.abs() < 1e15 {
+                        format!("{k}={v:.0}")
+                    } else {
+                        format!("{k}={v:.4}")
+                    }
                 }
                 Json::String(s) => format!("{k}={s}"),
                 _ => format!("{k}={v}"),

@@ -57,6 +57,25 @@ pub struct PipelineStep {
     pub node: Node,
 }
 
+impl PipelineStep {
+    /// The diagnostic of a problem found in this step's parameters, located in the manifest.
+    pub fn diagnose(&self, problem: Problem) -> Diagnostic {
+        diagnose(&self.name, &self.node, self.name_span, problem)
+    }
+}
+
+/// The diagnostic of `problem` in step `step` whose parameters are `node` (`fallback` when the field
+/// cannot be located).
+fn diagnose(step: &str, node: &Node, fallback: Span, problem: Problem) -> Diagnostic {
+    let span = locate(node, &problem.field).unwrap_or(fallback);
+    let message = if problem.field.0.is_empty() {
+        format!("step `{step}`: {}", problem.message)
+    } else {
+        format!("step `{step}`, `{}`: {}", problem.field, problem.message)
+    };
+    Diagnostic::error(message, Some(span)).maybe_hint(problem.hint)
+}
+
 /// A resolved input of a step.
 #[derive(Clone, Debug)]
 pub struct ResolvedInput {
@@ -535,13 +554,7 @@ impl Loader<'_> {
 
     fn problems(&mut self, step: &str, node: &Node, fallback: Span, problems: Vec<Problem>) {
         for p in problems {
-            let span = locate(node, &p.field).unwrap_or(fallback);
-            let message = if p.field.0.is_empty() {
-                format!("step `{step}`: {}", p.message)
-            } else {
-                format!("step `{step}`, `{}`: {}", p.field, p.message)
-            };
-            self.error(Diagnostic::error(message, Some(span)).maybe_hint(p.hint));
+            self.error(diagnose(step, node, fallback, p));
         }
     }
 

@@ -2,14 +2,16 @@
 //! says for each step whether it is cached or must run, and why.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use lf_cache::{Hash, KeyRecord, Store};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use crate::diag::Diagnostic;
 use crate::numerics::Numerics;
 use crate::pipeline::{InputSource, Pipeline, PipelineStep};
-use crate::step::PinContext;
+use crate::step::{PinContext, Problem};
 
 /// Version of the key encoding; bump it to invalidate every cached result (say why in the commit).
 pub const KEY_FORMAT: u32 = 1;
@@ -127,6 +129,9 @@ pub struct PlannedStep {
     pub reasons: Vec<String>,
     /// The key record on a hit.
     pub record: Option<KeyRecord>,
+    /// What [`crate::step::Step::check_inputs`] found, for a step that must run and whose inputs
+    /// exist already (the others are checked just before they run).
+    pub problems: Vec<Problem>,
 }
 
 /// A pipeline's plan.
@@ -224,6 +229,12 @@ pub fn plan(
                 if let (Status::Cached, Some(r)) = (status, &record) {
                     outputs.insert(i, r.artifact);
                 }
+                let problems = if status == Status::Run {
+                    let paths = input_paths(pipeline, store, i, &outputs);
+                    step.kind.check_inputs(&step.params, &paths)
+                } else {
+                    Vec::new()
+                };
                 PlannedStep {
                     pin,
                     key: Some(key),
@@ -234,6 +245,7 @@ pub fn plan(
                     } else {
                         None
                     },
+                    problems,
                 }
             }
             None => {
@@ -259,6 +271,7 @@ pub fn plan(
                     status: if forced { Status::Run } else { Status::Pending },
                     reasons,
                     record: None,
+                    problems: Vec::new(),
                 }
             }
         };
@@ -270,6 +283,41 @@ pub fn plan(
         steps,
         order,
     })
+}
+
+/// The folders (or files) of a step's inputs, by field; every upstream output must be in `outputs`.
+pub fn input_paths(
+    pipeline: &Pipeline,
+    store: &Store,
+    index: usize,
+    outputs: &BTreeMap<usize, Hash>,
+) -> BTreeMap<String, PathBuf> {
+    pipeline.steps[index]
+        .inputs
+        .iter()
+        .map(|input| {
+            let path = match &input.source {
+                InputSource::Step(j) => store.object_path(&outputs[j]),
+                InputSource::Path(p) => p.clone(),
+            };
+            (input.field.clone(), path)
+        })
+        .collect()
+}
+
+impl Plan {
+    /// Diagnostics of the problems the plan found in steps' inputs, in dependency order.
+    pub fn diagnostics(&self, pipeline: &Pipeline) -> Vec<Diagnostic> {
+        self.order
+            .iter()
+            .filter_map(|&i| Some((i, self.steps[i].as_ref()?)))
+            .flat_map(|(i, p)| {
+                p.problems
+                    .iter()
+                    .map(move |problem| pipeline.steps[i].diagnose(problem.clone()))
+            })
+            .collect()
+    }
 }
 
 /// Content hashes of a step's inputs, or `None` if some upstream output is not known yet.

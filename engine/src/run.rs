@@ -14,8 +14,8 @@ use tracing::{info, info_span, warn};
 
 use crate::lockfile::{LockedStep, Lockfile};
 use crate::numerics::Numerics;
-use crate::pipeline::{InputSource, Pipeline};
-use crate::plan::{Plan, PlanOptions, cache_key, explain, input_hashes};
+use crate::pipeline::Pipeline;
+use crate::plan::{self, Plan, PlanOptions, cache_key, explain, input_hashes};
 use crate::progress::Progress;
 use crate::record::{RunRecord, StepRecord, StepStatus};
 use crate::step::StepContext;
@@ -115,17 +115,7 @@ pub fn execute(
                 }
                 let inputs = input_hashes(pipeline, store, i, &outputs)?
                     .expect("every upstream output is known");
-                let input_paths: BTreeMap<String, PathBuf> = pipeline.steps[i]
-                    .inputs
-                    .iter()
-                    .map(|input| {
-                        let path = match &input.source {
-                            InputSource::Step(j) => store.object_path(&outputs[j]),
-                            InputSource::Path(p) => p.clone(),
-                        };
-                        (input.field.clone(), path)
-                    })
-                    .collect();
+                let input_paths = plan::input_paths(pipeline, store, i, &outputs);
                 state[i] = State::Running;
                 running += 1;
                 let tx = tx.clone();

@@ -108,6 +108,16 @@ impl Step for ModelInit {
 
 /// The configuration `p` describes for `tokenizer`.
 pub fn config(p: &ModelParams, tokenizer: &ModelTokenizer) -> ModelConfig {
+    ModelConfig {
+        bos_token_id: tokenizer.bos_id,
+        eos_token_ids: tokenizer.eos_id.into_iter().collect(),
+        pad_token_id: Some(tokenizer.pad_id),
+        ..config_for_vocab(p, tokenizer.vocab_size())
+    }
+}
+
+/// The configuration `p` describes for a vocabulary of `vocab_size` tokens, without special tokens.
+pub fn config_for_vocab(p: &ModelParams, vocab_size: usize) -> ModelConfig {
     let arch = match p.arch {
         ModelArch::Llama => Arch::Llama,
         ModelArch::Mistral => Arch::Mistral,
@@ -116,7 +126,7 @@ pub fn config(p: &ModelParams, tokenizer: &ModelTokenizer) -> ModelConfig {
     };
     ModelConfig {
         arch,
-        vocab_size: tokenizer.vocab_size(),
+        vocab_size,
         hidden_size: p.hidden_size,
         intermediate_size: p.intermediate_size,
         num_hidden_layers: p.num_hidden_layers,
@@ -136,9 +146,9 @@ pub fn config(p: &ModelParams, tokenizer: &ModelTokenizer) -> ModelConfig {
         tie_word_embeddings: p.tie_word_embeddings,
         sliding_window: None,
         max_window_layers: None,
-        bos_token_id: tokenizer.bos_id,
-        eos_token_ids: tokenizer.eos_id.into_iter().collect(),
-        pad_token_id: Some(tokenizer.pad_id),
+        bos_token_id: None,
+        eos_token_ids: Vec::new(),
+        pad_token_id: None,
         initializer_range: p.initializer_range,
         torch_dtype: Some("float32".into()),
     }

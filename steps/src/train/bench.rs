@@ -5,6 +5,7 @@
 //! Face folder or GGUF file) it trains LoRA adapters (rank 8, every linear layer) beside the frozen
 //! model. `--size` is the sequence length (default 256); batches hold 4 sequences.
 
+use anyhow::Context as _;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -19,7 +20,9 @@ use crate::data::Batch;
 use crate::model::backend::{DeviceChoice, TrainingTask, run_training};
 use crate::model::linear::LoraConfig;
 use crate::model::rng::Rng;
-use crate::model::{Arch, Dtype, Llama, ModelConfig};
+use crate::model::{Dtype, Llama, ModelConfig};
+use crate::model_init::config_for_vocab;
+use lf_schemas::kinds::ModelParams;
 
 /// Sequences per batch.
 const BATCH: usize = 4;
@@ -28,21 +31,27 @@ const WARMUP: usize = 1;
 /// Steps timed.
 const STEPS: usize = 4;
 
-/// The quickstart's model (`pipelines/quickstart.yaml`), with a 4096-token vocabulary.
-pub fn quickstart_config() -> ModelConfig {
-    ModelConfig {
-        vocab_size: 4096,
-        hidden_size: 256,
-        intermediate_size: 768,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        num_key_value_heads: 4,
-        head_dim: 64,
-        max_position_embeddings: 2048,
-        tie_word_embeddings: true,
-        ..ModelConfig::tiny(Arch::Llama)
+/// The model of the embedded quickstart (`pipelines/quickstart.yaml`): its `base` step, with the
+/// vocabulary size its `tokenizer` step asks for.
+pub fn quickstart_config() -> anyhow::Result<ModelConfig> {
+    let manifest = lf_engine::yaml::parse(QUICKSTART)
+        .map_err(|e| anyhow::anyhow!("the embedded quickstart: {e:?}"))?
+        .to_json();
+    let steps = &manifest["steps"];
+    let mut base = steps["base"].clone();
+    if let Some(map) = base.as_object_mut() {
+        map.remove("kind");
     }
+    let params: ModelParams =
+        serde_json::from_value(base).context("the `base` step of the embedded quickstart")?;
+    let vocab = steps["tokenizer"]["vocab_size"]
+        .as_u64()
+        .context("the quickstart's `tokenizer` step has no `vocab_size`")?;
+    Ok(config_for_vocab(&params, vocab as usize))
 }
+
+/// The quickstart manifest the binary embeds.
+const QUICKSTART: &str = include_str!("../../../pipelines/quickstart.yaml");
 
 /// Runs the benchmark.
 pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
@@ -82,7 +91,7 @@ impl TrainingTask for Bench {
     fn run<B: AutodiffBackend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<Json> {
         let (model, method, name) = match &self.source {
             None => (
-                Llama::<B>::init(&quickstart_config(), 42, &device, dtype)?,
+                Llama::<B>::init(&quickstart_config()?, 42, &device, dtype)?,
                 Method::Full,
                 "quickstart tiny llama (full)".to_string(),
             ),
@@ -152,4 +161,21 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some((kb / 1024.0 * 10.0).round() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_benchmarked_model_is_the_quickstarts() {
+        let c = quickstart_config().unwrap();
+        // pipelines/quickstart.yaml: `tokenizer.vocab_size` and the `base` step.
+        assert_eq!(c.vocab_size, 2048);
+        assert_eq!(
+            (c.hidden_size, c.intermediate_size, c.num_hidden_layers),
+            (128, 384, 4)
+        );
+        assert_eq!(c.num_attention_heads, 4);
+    }
 }
