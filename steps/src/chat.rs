@@ -2,9 +2,10 @@
 //! LoRA artifact (its adapter is attached to the base it carries in `base/`).
 //!
 //! The principal function is [`chat`]; the CLI layer builds its [`ChatOptions`]. Prompts are
-//! rendered with the model's own chat template through [`render_chat_template`], the one place to
-//! swap in the general HF-compatible renderer.
+//! rendered with the model's own chat template through [`render_chat_template`], which uses the same
+//! renderer as the training data.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use anyhow::Context;
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 
+use crate::data::chat::{ChatTemplate, TemplateTokens, describe_error};
 use crate::model::TokenizerBundle;
 use crate::model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
 use crate::model::generate::{GenerateOptions, Sampling, generate};
@@ -72,129 +74,33 @@ impl ChatMessage {
     }
 }
 
-/// Renders `messages` with a HF chat template the way transformers' `apply_chat_template` does
-/// (Jinja with `trim_blocks` and `lstrip_blocks`, Python string methods, `raise_exception`,
-/// `tojson`, `strftime_now`, and the special tokens as variables).
+/// Renders `messages` with a HF chat template the way transformers' `apply_chat_template` does, with
+/// the same renderer that prepares training data (`data::chat`), so a model is asked in exactly the
+/// format it was trained on.
 pub fn render_chat_template(
     template: &str,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
     tokenizer: &TokenizerBundle,
 ) -> anyhow::Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function(
-        "raise_exception",
-        |msg: String| -> Result<minijinja::Value, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
-        },
-    );
-    env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
-    env.add_template("chat", template)
-        .context("invalid chat template")?;
-    let ctx = minijinja::context! {
-        messages => messages,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => tokenizer.bos_token.clone().unwrap_or_default(),
-        eos_token => tokenizer.eos_token.clone().unwrap_or_default(),
-        pad_token => tokenizer.pad_token.clone().unwrap_or_default(),
-        unk_token => tokenizer.unk_token.clone().unwrap_or_default(),
-        tools => minijinja::Value::from(()),
+    let tokens = TemplateTokens {
+        bos: tokenizer.bos_token.clone(),
+        eos: tokenizer.eos_token.clone(),
+        pad: tokenizer.pad_token.clone(),
+        unk: tokenizer.unk_token.clone(),
     };
-    env.get_template("chat")?
-        .render(ctx)
+    let invalid = |e: minijinja::Error| anyhow::anyhow!("{}", describe_error(&e));
+    ChatTemplate::new(template, &tokens, &BTreeMap::new())
+        .map_err(invalid)
+        .context("invalid chat template")?
+        .render_values(
+            minijinja::Value::from_serialize(messages),
+            None,
+            add_generation_prompt,
+            &BTreeMap::new(),
+        )
+        .map_err(invalid)
         .context("cannot render the chat template")
-}
-
-/// `strftime` of the current UTC time for the codes chat templates use.
-fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    strftime_at(fmt, secs)
-}
-
-fn strftime_at(fmt: &str, secs: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-    ];
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let weekday = DAYS[days.rem_euclid(7) as usize];
-    let month_name = MONTHS[(month - 1) as usize];
-    let mut out = String::new();
-    let mut chars = fmt.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('Y') => out.push_str(&year.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
-            Some('m') => out.push_str(&format!("{month:02}")),
-            Some('d') => out.push_str(&format!("{day:02}")),
-            Some('e') => out.push_str(&format!("{day:>2}")),
-            Some('-') => match chars.next() {
-                Some('d') => out.push_str(&day.to_string()),
-                Some('m') => out.push_str(&month.to_string()),
-                Some(o) => {
-                    out.push_str("%-");
-                    out.push(o);
-                }
-                None => out.push_str("%-"),
-            },
-            Some('B') => out.push_str(month_name),
-            Some('b') => out.push_str(&month_name[..3]),
-            Some('A') => out.push_str(weekday),
-            Some('a') => out.push_str(&weekday[..3]),
-            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
-            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
-            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
-            Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
 }
 
 /// The prompt text for `messages`: the chat template when the model has one, else the turns'
@@ -335,20 +241,4 @@ impl InferenceTask for ChatTask {
 pub fn chat(opts: ChatOptions) -> anyhow::Result<()> {
     let (device, dtype) = (opts.device, opts.dtype);
     run_inference(device, dtype, ChatTask { opts })?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strftime_formats_a_known_date() {
-        // 2024-02-29 13:05:09 UTC, a Thursday.
-        let t = 1_709_211_909;
-        assert_eq!(strftime_at("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
-        assert_eq!(
-            strftime_at("%d %B %Y, %A %b %a %-d", t),
-            "29 February 2024, Thursday Feb Thu 29"
-        );
-    }
 }
