@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use super::source::{ModelArtifact, hf_tensor_shapes};
 use crate::data::ModelTokenizer;
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
-use crate::model::gguf::{GgmlType, GgufFile, GgufValue};
+use crate::model::gguf::{GgmlType, GgufFile, GgufValue, encode_str};
 use crate::model::load::{ModelFormat, gguf_tensor_name};
 
 /// GGUF's data alignment (written as `general.alignment`).
@@ -453,55 +453,6 @@ pub struct GgufSummary {
     pub pre_tokenizer: String,
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn value_type(v: &GgufValue) -> u32 {
-    match v {
-        GgufValue::U8(_) => 0,
-        GgufValue::I8(_) => 1,
-        GgufValue::U16(_) => 2,
-        GgufValue::I16(_) => 3,
-        GgufValue::U32(_) => 4,
-        GgufValue::I32(_) => 5,
-        GgufValue::F32(_) => 6,
-        GgufValue::Bool(_) => 7,
-        GgufValue::String(_) => 8,
-        GgufValue::Array(_) => 9,
-        GgufValue::U64(_) => 10,
-        GgufValue::I64(_) => 11,
-        GgufValue::F64(_) => 12,
-    }
-}
-
-fn put_value(out: &mut Vec<u8>, v: &GgufValue) {
-    match v {
-        GgufValue::U8(x) => out.push(*x),
-        GgufValue::I8(x) => out.push(*x as u8),
-        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::Bool(x) => out.push(u8::from(*x)),
-        GgufValue::String(s) => put_str(out, s),
-        GgufValue::Array(a) => {
-            // An empty array's element type is irrelevant; strings are what empty arrays usually are.
-            let elem = a.first().map_or(8, value_type);
-            out.extend_from_slice(&elem.to_le_bytes());
-            out.extend_from_slice(&(a.len() as u64).to_le_bytes());
-            for x in a {
-                put_value(out, x);
-            }
-        }
-        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-    }
-}
-
 fn ggml_id(t: GgmlType) -> u32 {
     match t {
         GgmlType::F32 => 0,
@@ -548,14 +499,14 @@ pub fn write_gguf(
     meta.extend(tokenizer.entries.iter().cloned());
     header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
     for (k, v) in &meta {
-        put_str(&mut header, k);
-        header.extend_from_slice(&value_type(v).to_le_bytes());
-        put_value(&mut header, v);
+        encode_str(&mut header, k);
+        header.extend_from_slice(&v.type_id().to_le_bytes());
+        v.encode(&mut header);
     }
     let mut offset = 0u64;
     let mut tensor_types: BTreeMap<String, usize> = BTreeMap::new();
     for (name, shape, t) in &infos {
-        put_str(&mut header, name);
+        encode_str(&mut header, name);
         header.extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for d in shape.iter().rev() {
             header.extend_from_slice(&(*d as u64).to_le_bytes());

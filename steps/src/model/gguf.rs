@@ -725,19 +725,10 @@ fn dequant_q6_k_block(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Writes a GGUF v3 file holding `metadata` and f32/f16 tensors (for tests and small exports).
-///
-/// Tensors are `(name, hf_shape, ggml_type, raw bytes)`; the bytes must match the type and shape.
-pub fn write_gguf(
-    metadata: &[(String, GgufValue)],
-    tensors: &[(String, Vec<usize>, GgmlType, Vec<u8>)],
-) -> Vec<u8> {
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    fn type_id(v: &GgufValue) -> u32 {
-        match v {
+impl GgufValue {
+    /// The value's type id in a GGUF file.
+    pub fn type_id(&self) -> u32 {
+        match self {
             GgufValue::U8(_) => 0,
             GgufValue::I8(_) => 1,
             GgufValue::U16(_) => 2,
@@ -753,8 +744,10 @@ pub fn write_gguf(
             GgufValue::F64(_) => 12,
         }
     }
-    fn put_val(out: &mut Vec<u8>, v: &GgufValue) {
-        match v {
+
+    /// Appends the value as a GGUF file stores it (without its type id).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
             GgufValue::U8(x) => out.push(*x),
             GgufValue::I8(x) => out.push(*x as u8),
             GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
@@ -763,13 +756,14 @@ pub fn write_gguf(
             GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
             GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
             GgufValue::Bool(x) => out.push(u8::from(*x)),
-            GgufValue::String(s) => put_str(out, s),
+            GgufValue::String(s) => encode_str(out, s),
             GgufValue::Array(a) => {
-                let elem = a.first().map(type_id).unwrap_or(4);
+                // An empty array's element type is irrelevant; strings are what empty arrays usually are.
+                let elem = a.first().map_or(8, GgufValue::type_id);
                 out.extend_from_slice(&elem.to_le_bytes());
                 out.extend_from_slice(&(a.len() as u64).to_le_bytes());
                 for x in a {
-                    put_val(out, x);
+                    x.encode(out);
                 }
             }
             GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
@@ -777,6 +771,21 @@ pub fn write_gguf(
             GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
         }
     }
+}
+
+/// Appends a GGUF string: its byte length as u64, then the UTF-8 bytes.
+pub fn encode_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Writes a GGUF v3 file holding `metadata` and f32/f16 tensors (for tests and small exports).
+///
+/// Tensors are `(name, hf_shape, ggml_type, raw bytes)`; the bytes must match the type and shape.
+pub fn write_gguf(
+    metadata: &[(String, GgufValue)],
+    tensors: &[(String, Vec<usize>, GgmlType, Vec<u8>)],
+) -> Vec<u8> {
     fn id_of(t: GgmlType) -> u32 {
         (0..31)
             .find(|&i| GgmlType::from_id(i) == Some(t))
@@ -788,14 +797,14 @@ pub fn write_gguf(
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     for (k, v) in metadata {
-        put_str(&mut out, k);
-        out.extend_from_slice(&type_id(v).to_le_bytes());
-        put_val(&mut out, v);
+        encode_str(&mut out, k);
+        out.extend_from_slice(&v.type_id().to_le_bytes());
+        v.encode(&mut out);
     }
     let mut offset = 0u64;
     let mut offsets = Vec::new();
     for (name, shape, ty, bytes) in tensors {
-        put_str(&mut out, name);
+        encode_str(&mut out, name);
         out.extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for d in shape.iter().rev() {
             out.extend_from_slice(&(*d as u64).to_le_bytes());
