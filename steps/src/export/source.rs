@@ -26,10 +26,7 @@ use crate::model::llama::TensorSource;
 use crate::model::load::{GgufSource, ModelFormat, SafetensorsSource};
 use crate::model::{Dtype, Llama, load_model};
 
-/// PEFT's file names.
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
-/// PEFT's weight file.
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub use crate::train::artifact::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX};
 /// The value head of a reward model, next to the weights (LLaMA-Factory's name).
 pub const VALUE_HEAD: &str = "value_head.safetensors";
 
@@ -342,9 +339,6 @@ pub fn read_f32_tensors(path: &Path) -> anyhow::Result<Vec<NamedTensor>> {
     }
     Ok(out)
 }
-
-/// The PEFT key prefix of a causal LM's parameters.
-pub const PEFT_PREFIX: &str = "base_model.model.";
 
 impl Adapter {
     /// Reads `adapter_config.json` and `adapter_model.safetensors` from `dir`.

@@ -17,16 +17,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use burn::module::Param;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+
 use serde_json::{Value as Json, json};
 
-use super::params::{LINEAR_MODULES, ParamMut, visit_params};
+use super::params::LINEAR_MODULES;
+use crate::export::source::Adapter;
 use crate::files::{Transfer, transfer};
 use crate::model::gguf::GgufFile;
 use crate::model::linear::LoraConfig;
-use crate::model::load::{ModelFormat, SafetensorsSource, SaveDtype, write_safetensors};
+use crate::model::load::{ModelFormat, SaveDtype, write_safetensors};
 use crate::model::{
     Dtype, Llama, ModelConfig, TokenizerBundle, load_model, load_tokenizer, save_hf,
 };
@@ -134,8 +134,13 @@ impl ModelSource {
                     .model
             }
             ModelSource::Lora { dir, base } => {
-                let model = base.load::<B>(device, dtype)?;
-                attach_adapter(model, dir)?
+                let mut model = base.load::<B>(device, dtype)?;
+                let adapter = Adapter::read(dir)?;
+                adapter
+                    .check(&model.config)
+                    .with_context(|| format!("`{}` does not fit its base", dir.display()))?;
+                adapter.attach(&mut model, device, dtype)?;
+                model
             }
         })
     }
@@ -149,76 +154,6 @@ pub fn load_any<B: Backend>(
     dtype: Dtype,
 ) -> anyhow::Result<Llama<B>> {
     ModelSource::detect(path)?.load(device, dtype)
-}
-
-/// Reads peft's `adapter_config.json`.
-pub fn read_adapter_config(dir: &Path) -> anyhow::Result<LoraConfig> {
-    let path = dir.join(ADAPTER_CONFIG);
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let v: Json =
-        serde_json::from_str(&text).with_context(|| format!("`{}` is not JSON", path.display()))?;
-    anyhow::ensure!(
-        v["peft_type"].as_str().unwrap_or("LORA") == "LORA",
-        "`{}` is not a LoRA adapter (peft_type {})",
-        path.display(),
-        v["peft_type"]
-    );
-    let rank = v["r"]
-        .as_u64()
-        .with_context(|| format!("`{}` lacks `r`", path.display()))? as usize;
-    let targets: Vec<String> = match &v["target_modules"] {
-        Json::String(s) if s == "all-linear" => vec!["all-linear".into()],
-        Json::String(s) => vec![s.clone()],
-        Json::Array(a) => a
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_owned))
-            .collect(),
-        other => anyhow::bail!("`{}`: unsupported `target_modules` {other}", path.display()),
-    };
-    Ok(LoraConfig {
-        rank,
-        alpha: v["lora_alpha"].as_f64().unwrap_or(rank as f64),
-        dropout: 0.0,
-        rslora: v["use_rslora"].as_bool().unwrap_or(false),
-        targets,
-    })
-}
-
-fn replace<B: Backend, const D: usize>(p: &mut Param<Tensor<B, D>>, values: Vec<f32>) {
-    let old = p.val();
-    let (shape, dtype, device) = (old.shape(), old.dtype(), old.device());
-    let grad = old.is_require_grad();
-    let t = Tensor::<B, D>::from_data(TensorData::new(values, shape), (&device, DType::F32));
-    let t = crate::model::ops::cast(t, dtype).set_require_grad(grad);
-    *p = Param::initialized(p.id, t);
-}
-
-/// Attaches the adapter stored in `dir` (peft layout) to `model`.
-pub fn attach_adapter<B: Backend>(model: Llama<B>, dir: &Path) -> anyhow::Result<Llama<B>> {
-    let cfg = read_adapter_config(dir)?;
-    let mut model = model.with_lora(&cfg, 0)?;
-    let path = dir.join(ADAPTER_WEIGHTS);
-    let mut src = SafetensorsSource::open_file(&path)?;
-    let mut result = Ok(());
-    visit_params(&mut model, &mut |name, p| {
-        if result.is_err() || !(name.contains(".lora_A.") || name.contains(".lora_B.")) {
-            return;
-        }
-        let key = format!("{PEFT_PREFIX}{name}");
-        use crate::model::llama::TensorSource as _;
-        let read = match &p {
-            ParamMut::R1(p) => src.tensor(&key, &p.val().dims()),
-            ParamMut::R2(p) => src.tensor(&key, &p.val().dims()),
-        };
-        match (read, p) {
-            (Ok(v), ParamMut::R1(p)) => replace(p, v),
-            (Ok(v), ParamMut::R2(p)) => replace(p, v),
-            (Err(e), _) => result = Err(e),
-        }
-    });
-    result.with_context(|| format!("cannot read the adapter in `{}`", dir.display()))?;
-    Ok(model)
 }
 
 /// The short names of the projections an adapter config adapts, in layer order.
