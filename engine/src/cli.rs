@@ -1111,12 +1111,18 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<PathBu
         .file
         .clone()
         .unwrap_or_else(|| PathBuf::from("quickstart.yaml"));
-    let pipeline = pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|_| {
-        anyhow::anyhow!(
-            "`{}` is not a valid manifest (run `lf validate`)",
-            path.display()
-        )
-    })?;
+    let pipeline =
+        pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|diags| {
+            let display = path.display().to_string();
+            let source = SourceFile {
+                path: &display,
+                text: &text,
+            };
+            eprint!("{}", diag::render(&diags, &source, false));
+            anyhow::anyhow!(
+                "`{display}` is not a valid manifest, so `--model` cannot name its steps"
+            )
+        })?;
     if pipeline.index_of(&args.model).is_none() {
         anyhow::bail!(
             "`{}` is neither a file nor a step of `{}`\nhint: steps are {}",
