@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn};
 use crate::lockfile::{LockedStep, Lockfile};
 use crate::numerics::Numerics;
 use crate::pipeline::Pipeline;
-use crate::plan::{self, Plan, PlanOptions, cache_key, explain, input_hashes};
+use crate::plan::{self, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
 use crate::progress::Progress;
 use crate::record::{RunRecord, StepRecord, StepStatus};
 use crate::step::StepContext;
@@ -325,7 +325,14 @@ fn run_step(
             Err(e) => return fail(Some(key.hash), e),
         }
     }
-    let problems = step.kind.check_inputs(&step.params, input_paths);
+    // Planning already checked the inputs of a step it knew would run with these very inputs.
+    let checked_when_planned =
+        planned.status == Status::Run && planned.key.as_ref().is_some_and(|k| k.hash == key.hash);
+    let problems = if checked_when_planned {
+        Vec::new()
+    } else {
+        step.kind.check_inputs(&step.params, input_paths)
+    };
     if !problems.is_empty() {
         let text = problems
             .iter()
