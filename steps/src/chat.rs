@@ -14,10 +14,10 @@ use burn::tensor::backend::Backend;
 use serde::Serialize;
 
 use crate::data::chat::{ChatTemplate, TemplateTokens, describe_error};
-use crate::model::TokenizerBundle;
-use crate::model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
-use crate::model::generate::{GenerateOptions, Sampling, generate};
-use crate::train::artifact::ModelSource;
+use lf_model::ModelArtifact;
+use lf_model::TokenizerBundle;
+use lf_model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
+use lf_model::generate::{GenerateOptions, Sampling, generate};
 
 /// What `lf chat` was asked to do.
 #[derive(Debug, Clone)]
@@ -128,11 +128,11 @@ impl InferenceTask for ChatTask {
 
     fn run<B: Backend>(self, device: B::Device, dtype: Dtype) -> anyhow::Result<()> {
         let opts = self.opts;
-        let source = ModelSource::detect(&opts.model)?;
+        let source = ModelArtifact::open(&opts.model)?;
         let tokenizer = source
             .tokenizer()
             .with_context(|| format!("cannot load the tokenizer of `{}`", opts.model.display()))?;
-        let config = source.config()?;
+        let config = source.config.clone();
         let model = source.load::<B>(&device, dtype)?;
         let mut eos_ids = tokenizer.eos_ids.clone();
         for id in &config.eos_token_ids {
@@ -241,4 +241,69 @@ impl InferenceTask for ChatTask {
 pub fn chat(opts: ChatOptions) -> anyhow::Result<()> {
     let (device, dtype) = (opts.device, opts.dtype);
     run_inference(device, dtype, ChatTask { opts })?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use lf_model::gguf::GgufFile;
+    use lf_model::gguf::tokenizer::tokenizer_from_gguf;
+    use serde_json::Value;
+
+    use super::{ChatMessage, build_prompt};
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+    }
+
+    fn read_json(path: &Path) -> Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn ids_of(v: &Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    fn smollm2_gguf() -> PathBuf {
+        let dir = std::env::var_os("LF_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models"));
+        let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            path.is_file(),
+            "`{}` is missing: this test needs it\nhint: run `scripts/fetch-models.sh` from the repository root",
+            path.display()
+        );
+        path
+    }
+
+    #[test]
+    fn smollm2_chat_template_renders_the_golden_prompt() {
+        let file = GgufFile::open(&smollm2_gguf()).unwrap();
+        let tb = tokenizer_from_gguf(&file).unwrap();
+        let golden = read_json(&fixtures().join("smollm2/logits.json"));
+        for p in golden["prompts"].as_array().unwrap() {
+            if p["chat_template"] != Value::Bool(true) {
+                continue;
+            }
+            let messages: Vec<ChatMessage> = p["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
+                })
+                .collect();
+            let text = build_prompt(&tb, &messages).unwrap();
+            assert_eq!(text, p["text"].as_str().unwrap());
+            assert_eq!(tb.encode(&text, false).unwrap(), ids_of(&p["input_ids"]));
+        }
+    }
 }

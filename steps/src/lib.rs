@@ -1,61 +1,33 @@
 //! lf's step kinds and the machine-learning pieces they share.
 //!
-//! The principal item is [`registry`]: the one list of every step kind the `lf` binary knows. Each kind is
-//! a module implementing [`lf_engine::Step`] for the parameter type of the same name in `lf-schemas`.
-//! Adding a kind is one module here, its parameters in `lf-schemas`, and one line in [`KINDS`].
+//! The principal item is [`kinds::KINDS`]: the one list of every step kind the `lf` binary knows. Each
+//! kind is a file of [`kinds`] implementing [`lf_engine::Step`] for the parameter type of the same name
+//! in `lf-schemas`; the libraries it uses ([`data`], [`train`], [`export`], [`evaluate`]) never import
+//! a kind. Adding a kind is one file in `kinds/`, its parameters in `lf-schemas`, and one line in
+//! [`kinds::KINDS`].
 
 pub mod chat;
-pub mod command;
 pub mod data;
-pub mod dataset;
-pub mod download;
-pub mod dpo;
 pub mod evaluate;
 pub mod export;
 pub mod files;
 pub mod hub;
-pub mod model;
-pub mod model_init;
-pub mod pretrain;
-pub mod rm;
-pub mod sft;
-pub mod template;
-pub mod tokenizer;
+pub mod kinds;
 pub mod train;
+
+pub use kinds::{KINDS, registry};
 
 use std::path::Path;
 
 use lf_engine::cli::{App, BenchArgs, ChatArgs, Extensions};
-use lf_engine::step::DynStep;
-use lf_engine::{Backends, Numerics, Registry};
+use lf_engine::{Backends, Numerics};
 use serde_json::Value as Json;
-
-/// Every step kind, in the order `lf kinds` lists them.
-pub const KINDS: &[&dyn DynStep] = &[
-    &download::Download,
-    &command::Command,
-    &template::Template,
-    &tokenizer::TokenizerStep,
-    &dataset::Dataset,
-    &model_init::ModelInit,
-    &pretrain::Pretrain,
-    &sft::Sft,
-    &rm::Rm,
-    &dpo::Dpo,
-    &export::Export,
-    &evaluate::Evaluate,
-];
-
-/// The registry of [`KINDS`].
-pub fn registry() -> Registry {
-    Registry::new(KINDS)
-}
 
 /// The application the `lf` binary runs: the kinds, the embedded default pipeline, and the commands that
 /// need models.
 pub fn app(quickstart: &'static str) -> App {
     App {
-        registry: registry(),
+        registry: kinds::registry(),
         quickstart,
         extensions: Box::new(Ml),
     }
@@ -78,7 +50,7 @@ impl Extensions for Ml {
             model: model.to_owned(),
             prompt: args.prompt.clone(),
             system: args.system.clone(),
-            sampling: model::generate::Sampling {
+            sampling: lf_model::generate::Sampling {
                 temperature: args.temperature,
                 top_k: args.top_k,
                 top_p: args.top_p,

@@ -8,6 +8,8 @@
 //!
 //! The pieces, in the order data flows through them:
 //!
+//! - [`render`]: `{{ placeholders }}` in rows rendered with the manifest's variables (`template`).
+//! - [`bpe`]: training a byte-level BPE tokenizer on text (`tokenizer`).
 //! - [`files`]: finding data files (built-in, a step's artifact, a local path) and reading their rows.
 //! - [`format`]: rows in alpaca, sharegpt, openai, preference or text form, made into [`Sample`]s.
 //! - [`chat`]: chat templates (a model's own, rendered like transformers does, or a built-in one).
@@ -23,6 +25,7 @@
 
 pub mod artifact;
 pub mod bench;
+pub mod bpe;
 pub mod build;
 pub mod builtin;
 pub mod chat;
@@ -33,6 +36,7 @@ pub mod format;
 pub mod pack;
 pub mod parquet;
 pub mod preview;
+pub mod render;
 pub mod tokenizer;
 
 pub use artifact::{Batch, DatasetInfo, Example, Sequence, Split, TokenizedDataset, collate};

@@ -163,7 +163,7 @@ fn show(sample: &Json, title: &str, style: Style, out: &mut dyn Write) -> anyhow
 
 /// Prints the first `rows` rows of each data file of a `template` artifact.
 pub fn template(dir: &Path, rows: usize, out: &mut dyn Write) -> anyhow::Result<()> {
-    let files = crate::template::data_files(dir);
+    let files = crate::data::render::data_files(dir);
     anyhow::ensure!(!files.is_empty(), "the artifact holds no data files");
     for path in files {
         let name = path.file_name().unwrap_or_default().to_string_lossy();

@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use tokenizers::Tokenizer;
 
 use super::chat::TemplateTokens;
-use crate::model::gguf::GgufFile;
-use crate::model::{TokenizerBundle, tokenizer_from_gguf};
+use lf_model::gguf::GgufFile;
+use lf_model::{TokenizerBundle, tokenizer_from_gguf};
 
 /// A model's tokenizer with its special tokens and chat template.
 #[derive(Debug, Clone)]
@@ -134,12 +134,8 @@ fn gguf_file(path: &Path) -> anyhow::Result<PathBuf> {
         );
         return Ok(path.to_path_buf());
     }
-    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("cannot read `{}`", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-        .collect();
-    ggufs.sort();
+    let mut ggufs = lf_model::load::gguf_files(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
     match ggufs.len() {
         1 => Ok(ggufs.remove(0)),
         0 => anyhow::bail!(

@@ -23,11 +23,10 @@ use std::str::FromStr as _;
 
 use anyhow::Context as _;
 use burn::tensor::backend::Backend;
+use lf_engine::Numerics;
 use lf_engine::progress::Progress;
-use lf_engine::{Numerics, Problem, Step, StepContext};
-use lf_schemas::FieldPath;
 use lf_schemas::kinds::EvaluateParams;
-use lf_schemas::kinds::dataset::{Format, Stage, Tags, TemplateName};
+use lf_schemas::kinds::dataset::{Tags, TemplateName};
 use lf_schemas::kinds::evaluate::EvalSplit;
 use serde_json::{Value as Json, json};
 
@@ -35,182 +34,12 @@ use crate::data::artifact::{Split, TokenizedDataset};
 use crate::data::chat::{ChatTemplate, TemplateTokens};
 use crate::data::files::{Several, find, read_rows};
 use crate::data::format::{Role, Sample, resolve};
-use crate::export::source::ModelArtifact;
-use crate::model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
-use crate::model::gguf::GgufFile;
-use crate::model::{TokenizerBundle, tokenizer_from_gguf};
+use lf_model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
+use lf_model::gguf::GgufFile;
+use lf_model::{ModelArtifact, ValueHead};
+use lf_model::{TokenizerBundle, tokenizer_from_gguf};
 use report::{ModelResults, round6};
 use tasks::{GenSample, Question};
-
-/// The `evaluate` step kind.
-pub struct Evaluate;
-
-impl Step for Evaluate {
-    type Params = EvaluateParams;
-    const KIND: &'static str = "evaluate";
-    // 2: models without a value head are scored by their replies' mean log-probability.
-    const VERSION: u32 = 2;
-    const ABOUT: &'static str = "compare models on perplexity, BLEU/ROUGE of generated replies, multiple-choice and reward accuracy, and latency";
-    const NUMERIC: bool = true;
-
-    fn check(&self, p: &EvaluateParams) -> Vec<Problem> {
-        let key = FieldPath::key;
-        let mut problems = Vec::new();
-        if p.models.is_empty() {
-            problems.push(
-                Problem::new(key("models"), "no models to evaluate")
-                    .hint("for example `models: [base, sft]`"),
-            );
-        }
-        let mut seen = BTreeSet::new();
-        for (i, m) in p.models.iter().enumerate() {
-            if !seen.insert(m) {
-                problems.push(Problem::new(
-                    key("models").at(i),
-                    format!("`{m}` is listed twice"),
-                ));
-            }
-        }
-        if p.perplexity.is_none()
-            && p.generation.is_none()
-            && p.multiple_choice.is_none()
-            && p.reward.is_none()
-            && p.latency.is_none()
-        {
-            problems.push(
-                Problem::new(FieldPath::default(), "no task to evaluate")
-                    .hint("add one or more of `perplexity`, `generation`, `multiple_choice`, `reward`, `latency`"),
-            );
-        }
-        if p.batch_size == 0 {
-            problems.push(Problem::new(key("batch_size"), "must be at least 1"));
-        }
-        if let Some(g) = &p.generation {
-            if let Some(problem) =
-                crate::template::check_source(key("generation").then("source"), &g.source)
-            {
-                problems.push(problem);
-            }
-            if g.max_new_tokens == 0 {
-                problems.push(Problem::new(
-                    key("generation").then("max_new_tokens"),
-                    "must be at least 1",
-                ));
-            }
-            if matches!(g.format, Format::Preference | Format::Text) {
-                problems.push(
-                    Problem::new(
-                        key("generation").then("format"),
-                        "generation needs conversations with a reference reply",
-                    )
-                    .hint("use `alpaca`, `sharegpt`, `openai` or `auto`"),
-                );
-            }
-        }
-        if let Some(c) = &p.multiple_choice
-            && let Some(problem) =
-                crate::template::check_source(key("multiple_choice").then("source"), &c.source)
-        {
-            problems.push(problem);
-        }
-        if let Some(l) = &p.latency {
-            for (name, v) in [
-                ("prompt_tokens", l.prompt_tokens),
-                ("new_tokens", l.new_tokens),
-                ("runs", l.runs),
-            ] {
-                if v == 0 {
-                    problems.push(Problem::new(
-                        key("latency").then(name),
-                        "must be at least 1",
-                    ));
-                }
-            }
-        }
-        problems
-    }
-
-    fn check_inputs(&self, p: &EvaluateParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let stage_of = |dir: &Path| crate::data::artifact::read_info(dir).map(|i| i.stage);
-        if let Some(dir) = inputs.get("perplexity.dataset") {
-            match stage_of(dir) {
-                Ok(Stage::Rm) => problems.push(
-                    Problem::new(
-                        FieldPath::key("perplexity").then("dataset"),
-                        "holds preference pairs (`stage: rm`)",
-                    )
-                    .hint("perplexity needs a dataset with `stage: pt` or `sft`"),
-                ),
-                Ok(_) => {}
-                Err(e) => problems.push(Problem::new(
-                    FieldPath::key("perplexity").then("dataset"),
-                    format!("{e:#}"),
-                )),
-            }
-        }
-        if let Some(dir) = inputs.get("reward.dataset") {
-            match stage_of(dir) {
-                Ok(Stage::Rm) => {}
-                Ok(s) => problems.push(
-                    Problem::new(
-                        FieldPath::key("reward").then("dataset"),
-                        format!("holds `stage: {}` data, not preference pairs", s.name()),
-                    )
-                    .hint("reward accuracy needs a dataset with `stage: rm`"),
-                ),
-                Err(e) => problems.push(Problem::new(
-                    FieldPath::key("reward").then("dataset"),
-                    format!("{e:#}"),
-                )),
-            }
-        }
-        for i in 0..p.models.len() {
-            let field = FieldPath::key("models").at(i);
-            if let Some(dir) = inputs.get(&field.to_string())
-                && let Err(e) = ModelArtifact::open(dir)
-            {
-                problems.push(Problem::new(field, format!("{e:#}")));
-            }
-        }
-        problems
-    }
-
-    fn run(&self, p: &EvaluateParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {
-        let get = |field: &str| cx.input(field).map(Path::to_path_buf);
-        let inputs = Inputs {
-            models: (0..p.models.len())
-                .map(|i| get(&format!("models[{i}]")))
-                .collect::<anyhow::Result<_>>()?,
-            perplexity: p
-                .perplexity
-                .as_ref()
-                .map(|_| get("perplexity.dataset"))
-                .transpose()?,
-            reward: p
-                .reward
-                .as_ref()
-                .map(|_| get("reward.dataset"))
-                .transpose()?,
-            generation: cx.inputs().get("generation.source").cloned(),
-            multiple_choice: cx.inputs().get("multiple_choice.source").cloned(),
-        };
-        let progress = cx.progress().for_step(cx.step_name());
-        let results = evaluate(p, &inputs, cx.out_dir(), cx.numerics(), &progress)?;
-        let several = results.len() > 1;
-        for r in &results {
-            for (name, value) in r.headline() {
-                let name = if several {
-                    format!("{}.{name}", r.label)
-                } else {
-                    name.to_string()
-                };
-                cx.metric(&name, value);
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The resolved inputs of an `evaluate` step.
 #[derive(Debug, Clone, Default)]
@@ -384,11 +213,8 @@ pub fn load_tokenizer(dir: &Path) -> anyhow::Result<TokenizerBundle> {
     if dir.join("tokenizer.json").is_file() {
         return Ok(TokenizerBundle::from_hf_dir(dir)?);
     }
-    let gguf = std::fs::read_dir(dir)
+    let gguf = lf_model::load::find_gguf(dir)
         .with_context(|| format!("cannot read `{}`", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
         .with_context(|| format!("`{}` has no tokenizer", dir.display()))?;
     let file = GgufFile::open(&gguf)?;
     Ok(tokenizer_from_gguf(&file)?)
@@ -487,7 +313,7 @@ impl InferenceTask for ModelRun<'_> {
                     .iter()
                     .map(|&id| row[id as usize])
                     .collect();
-                let pick = crate::model::generate::argmax(&scores);
+                let pick = lf_model::generate::argmax(&scores);
                 let ok = pick == q.answer;
                 correct += usize::from(ok);
                 let e = by_subject.entry(q.subject.clone()).or_default();
@@ -605,7 +431,7 @@ impl InferenceTask for ModelRun<'_> {
             let b = bar(*rows, "pairs");
             let (scorer, scores) = match &art.value_head {
                 Some(path) => {
-                    let head = tasks::ValueHead::read(path, art.config.hidden_size)?;
+                    let head = ValueHead::read(path, art.config.hidden_size, &model.device())?;
                     let scores = tasks::rewards(&model, &head, ds, *rows, bs, |n| b.inc(n as u64))?;
                     ("value_head", scores)
                 }
@@ -644,7 +470,7 @@ impl InferenceTask for ModelRun<'_> {
             None => None,
             Some(l) => {
                 let seed = tasks::latency_seed(&tk)?;
-                let r = crate::model::generate::bench_generation(
+                let r = lf_model::generate::bench_generation(
                     &model,
                     &seed,
                     l.prompt_tokens,

@@ -9,7 +9,7 @@ use lf_schemas::kinds::EvaluateParams;
 use serde::Serialize;
 use serde_json::{Value as Json, json};
 
-use crate::export::source::{ModelArtifact, SourceKind};
+use lf_model::{ArtifactKind, ModelArtifact};
 
 /// The results of one model.
 #[derive(Debug, Clone, Serialize)]
@@ -18,7 +18,7 @@ pub struct ModelResults {
     #[serde(rename = "model")]
     pub label: String,
     /// What its artifact is (`hf`, `gguf`, `lora`).
-    pub source: SourceKind,
+    pub source: ArtifactKind,
     /// Its architecture.
     pub arch: String,
     /// Number of parameters of the base model.

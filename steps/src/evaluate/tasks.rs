@@ -10,9 +10,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::data::artifact::{Example, TokenizedDataset, collate};
 use crate::data::format::Message;
-use crate::model::generate::{GenerateOptions, Sampling, generate};
-use crate::model::llama::{ForwardInput, int_tensor};
-use crate::model::{Llama, TokenizerBundle};
+use lf_model::ValueHead;
+use lf_model::generate::{GenerateOptions, Sampling, generate};
+use lf_model::llama::{ForwardInput, int_tensor};
+use lf_model::{Llama, TokenizerBundle};
 
 /// Positions of one batch whose logits are computed at once (bounds memory to
 /// `batch · CHUNK · vocab` floats).
@@ -348,68 +349,19 @@ pub fn generate_greedy<B: Backend>(
     Ok(out)
 }
 
-/// A reward model's value head: `score = w · h + b` on the last hidden state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValueHead {
-    /// `[hidden]`.
-    pub weight: Vec<f32>,
-    /// The bias.
-    pub bias: f32,
-}
-
-impl ValueHead {
-    /// Reads `value_head.safetensors`: `v_head.summary.weight` `[1, hidden]` and
-    /// `v_head.summary.bias` `[1]` (TRL / LLaMA-Factory), or `score.weight` (transformers'
-    /// sequence-classification head).
-    pub fn read(path: &std::path::Path, hidden: usize) -> anyhow::Result<ValueHead> {
-        let tensors = crate::export::source::read_f32_tensors(path)?;
-        let find = |suffixes: &[&str]| {
-            tensors
-                .iter()
-                .find(|(n, _, _)| suffixes.iter().any(|s| n.ends_with(s)))
-        };
-        let (name, _, weight) = find(&["summary.weight", "score.weight", "v_head.weight"])
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "`{}` has no `v_head.summary.weight` (tensors: {})",
-                    path.display(),
-                    tensors
-                        .iter()
-                        .map(|(n, _, _)| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-        anyhow::ensure!(
-            weight.len() == hidden,
-            "`{}`: `{name}` has {} values; the model's hidden size is {hidden}",
-            path.display(),
-            weight.len()
-        );
-        let bias = find(&["summary.bias", "score.bias", "v_head.bias"])
-            .and_then(|(_, _, b)| b.first().copied())
-            .unwrap_or(0.0);
-        Ok(ValueHead {
-            weight: weight.clone(),
-            bias,
-        })
-    }
-}
-
 /// The scores of the chosen and rejected sides of the first `rows` pairs of an `rm` split.
 pub fn rewards<B: Backend>(
     model: &Llama<B>,
-    head: &ValueHead,
+    head: &ValueHead<B>,
     ds: &TokenizedDataset,
     rows: usize,
     batch: usize,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<Vec<(f64, f64)>> {
     let device = model.device();
-    let w = Tensor::<B, 2>::from_data(
-        TensorData::new(head.weight.clone(), [head.weight.len(), 1]),
-        (&device, DType::F32),
-    );
+    let hidden = head.weight.val().dims()[1];
+    let w = head.weight.val().reshape([hidden, 1]);
+    let bias = head.bias_value()?;
     let mut out = Vec::with_capacity(rows);
     let idx: Vec<usize> = (0..rows).collect();
     for chunk in idx.chunks(batch.max(1)) {
@@ -434,7 +386,7 @@ pub fn rewards<B: Backend>(
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("cannot read values back: {e:?}"))?;
-        let score = |r: usize| f64::from(values[r * cols + lens[r].max(1) - 1] + head.bias);
+        let score = |r: usize| f64::from(values[r * cols + lens[r].max(1) - 1] + bias);
         let pairs = n / 2;
         for k in 0..pairs {
             out.push((score(k), score(pairs + k)));

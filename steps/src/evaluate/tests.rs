@@ -12,12 +12,12 @@ use serde_json::{Value as Json, json};
 use super::tasks::{self, Question};
 use super::{Inputs, evaluate, load_tokenizer};
 use crate::data::artifact::{Example, Split, TokenizedDataset};
-use crate::export::source::ModelArtifact;
 use crate::export::tests::{tiny_lora, tiny_model, tokenizer};
-use crate::model::config::Arch;
-use crate::model::generate::{GenerateOptions, argmax, generate};
-use crate::model::llama::ForwardInput;
-use crate::model::{Cpu, CpuDevice, Dtype, Llama};
+use lf_model::ModelArtifact;
+use lf_model::config::Arch;
+use lf_model::generate::{GenerateOptions, argmax, generate};
+use lf_model::llama::ForwardInput;
+use lf_model::{Cpu, CpuDevice, Dtype, Llama};
 
 fn numerics() -> Numerics {
     Numerics {
@@ -263,13 +263,11 @@ fn a_model_that_cannot_tell_the_letters_apart_answers_a() {
     let mut model = load(&s.model);
     if let Some(head) = &mut model.lm_head {
         let [v, h] = head.dims();
-        *head = crate::model::linear::Linear::dense(
-            burn::tensor::Tensor::zeros([v, h], &CpuDevice),
-            None,
-        );
+        *head =
+            lf_model::linear::Linear::dense(burn::tensor::Tensor::zeros([v, h], &CpuDevice), None);
     }
     let dir = s.root.join("flat");
-    crate::model::save_hf(&model, &dir, crate::model::SaveDtype::F32).unwrap();
+    lf_model::save_hf(&model, &dir, lf_model::SaveDtype::F32).unwrap();
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -361,13 +359,13 @@ fn reward_accuracy_scores_the_last_token_with_a_value_head_and_mean_logps_withou
     let w: Vec<f32> = (0..hidden)
         .map(|i| ((i * 37 % 11) as f32 - 5.0) / 10.0)
         .collect();
-    crate::model::load::write_safetensors(
+    lf_model::load::write_safetensors(
         &rm.join("value_head.safetensors"),
         vec![
             ("v_head.summary.weight".into(), w.clone(), vec![1, hidden]),
             ("v_head.summary.bias".into(), vec![0.25], vec![1]),
         ],
-        crate::model::SaveDtype::F32,
+        lf_model::SaveDtype::F32,
     )
     .unwrap();
     let out = s.root.join("out");
@@ -485,10 +483,10 @@ fn models_compare_in_one_table_and_latency_stays_in_logs() {
 #[test]
 fn parameters_are_checked() {
     use lf_engine::Step;
-    let problems = super::Evaluate.check(&params(json!({"models": []})));
+    let problems = crate::kinds::evaluate::Evaluate.check(&params(json!({"models": []})));
     let msgs: Vec<String> = problems.iter().map(|p| p.message.clone()).collect();
     assert_eq!(msgs, vec!["no models to evaluate", "no task to evaluate"]);
-    let problems = super::Evaluate.check(&params(json!({
+    let problems = crate::kinds::evaluate::Evaluate.check(&params(json!({
         "models": ["a", "a"], "batch_size": 0,
         "generation": {"source": "builtin:nope", "max_new_tokens": 0, "format": "text"},
     })));

@@ -11,15 +11,16 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
-use half::{bf16, f16};
 use lf_schemas::kinds::export::GgufType;
 use serde_json::Value as Json;
 
-use super::source::{ModelArtifact, hf_tensor_shapes};
 use crate::data::ModelTokenizer;
-use crate::model::config::{Arch, ModelConfig, RopeScaling};
-use crate::model::gguf::{GgmlType, GgufFile, GgufValue, encode_str};
-use crate::model::load::{ModelFormat, gguf_tensor_name};
+use lf_model::ModelArtifact;
+use lf_model::config::{Arch, ModelConfig, RopeScaling};
+use lf_model::gguf::{GgmlType, GgufFile, GgufValue, encode_str};
+use lf_model::gguf::{encode, gguf_arch, gguf_tensor_name, permute_rows};
+use lf_model::llama::hf_tensor_shapes;
+use lf_model::load::ModelFormat;
 
 /// GGUF's data alignment (written as `general.alignment`).
 pub const ALIGNMENT: u64 = 32;
@@ -38,16 +39,6 @@ pub mod token_type {
     pub const UNUSED: i32 = 5;
 }
 
-/// The GGUF (llama.cpp) architecture name of a model: Mistral models are written as `llama`, as
-/// llama.cpp's converter does (its `llama` graph has no sliding window).
-pub fn gguf_arch(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 => "qwen2",
-        Arch::Qwen3 => "qwen3",
-    }
-}
-
 /// `general.file_type` (`llama_ftype`) of a file whose matrices are `ty`.
 fn file_type(ty: GgufType) -> u32 {
     match ty {
@@ -56,44 +47,6 @@ fn file_type(ty: GgufType) -> u32 {
         GgufType::Q8_0 => 7,
         GgufType::Bf16 => 32,
     }
-}
-
-/// Permutes the rows of a Q or K projection (`[heads·hd, cols]`) the way llama.cpp's converter does
-/// for its interleaved RoPE: within each head, HF row `j·hd/2 + d` becomes row `2·d + j`. The inverse
-/// of [`crate::model::load::unpermute_rows`].
-pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
-    let hd = rows / n_heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for d in 0..half {
-            for j in 0..2 {
-                let src = h * hd + j * half + d;
-                let dst = h * hd + 2 * d + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
-/// Quantises `x` (a multiple of 32 values) to ggml's Q8_0: per block of 32, `d = max|x| / 127` stored
-/// as f16 and `q = round(x / d)` as i8 (rounding half away from zero, as ggml's reference and gguf-py
-/// do).
-pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
-    assert!(x.len().is_multiple_of(32), "Q8_0 needs blocks of 32");
-    let mut out = Vec::with_capacity(x.len() / 32 * 34);
-    for block in x.chunks_exact(32) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        for &v in block {
-            out.push((v * id).round() as i8 as u8);
-        }
-    }
-    out
 }
 
 /// The tensor type a tensor gets in a file of type `ty`: vectors stay F32 (as llama.cpp's converter
@@ -110,28 +63,6 @@ pub fn tensor_type(ty: GgufType, shape: &[usize]) -> GgmlType {
         GgufType::Q8_0 if shape[shape.len() - 1].is_multiple_of(32) => GgmlType::Q8_0,
         GgufType::Q8_0 => GgmlType::F16,
     }
-}
-
-/// Encodes f32 values as `ty`.
-pub fn encode(values: &[f32], ty: GgmlType) -> Vec<u8> {
-    match ty {
-        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        GgmlType::F16 => values
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        GgmlType::BF16 => values
-            .iter()
-            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-        GgmlType::Q8_0 => quantize_q8_0(values),
-        other => unreachable!("lf does not write {other}"),
-    }
-}
-
-fn byte_size(ty: GgmlType, n: usize) -> u64 {
-    let (be, bb) = ty.block();
-    n as u64 / be * bb
 }
 
 /// llama.cpp's per-dimension RoPE factors for Llama 3.1 scaling (its `rope_freqs.weight`).
@@ -453,16 +384,6 @@ pub struct GgufSummary {
     pub pre_tokenizer: String,
 }
 
-fn ggml_id(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q8_0 => 8,
-        GgmlType::BF16 => 30,
-        other => unreachable!("lf does not write {other}"),
-    }
-}
-
 fn pad_to(out: &mut impl Write, written: u64) -> std::io::Result<u64> {
     let padded = written.div_ceil(ALIGNMENT) * ALIGNMENT;
     out.write_all(&vec![0u8; (padded - written) as usize])?;
@@ -511,9 +432,9 @@ pub fn write_gguf(
         for d in shape.iter().rev() {
             header.extend_from_slice(&(*d as u64).to_le_bytes());
         }
-        header.extend_from_slice(&ggml_id(*t).to_le_bytes());
+        header.extend_from_slice(&t.id().to_le_bytes());
         header.extend_from_slice(&offset.to_le_bytes());
-        offset += byte_size(*t, shape.iter().product());
+        offset += t.byte_size(shape.iter().product());
         offset = offset.div_ceil(ALIGNMENT) * ALIGNMENT;
         *tensor_types.entry(t.to_string()).or_default() += 1;
     }
@@ -529,7 +450,7 @@ pub fn write_gguf(
                         values: &[f32],
                         t: GgmlType|
      -> std::io::Result<()> {
-        let bytes = encode(values, t);
+        let bytes = encode(values, t).map_err(std::io::Error::other)?;
         out.write_all(&bytes)?;
         *written = pad_to(out, *written + bytes.len() as u64)?;
         Ok(())
@@ -580,57 +501,6 @@ pub fn write_gguf(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::dequantize;
-    use crate::model::load::unpermute_rows;
-
-    #[test]
-    fn permutation_is_the_inverse_of_the_readers() {
-        let (rows, cols, heads) = (16, 3, 2);
-        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let p = permute_rows(&data, rows, cols, heads);
-        assert_ne!(p, data);
-        assert_eq!(unpermute_rows(&p, rows, cols, heads), data);
-        // Head 0, hd 8: HF rows 0..4 are the first halves of the pairs, rows 4..8 the second.
-        let row = |v: &[f32], r: usize| v[r * cols];
-        assert_eq!(row(&p, 0), row(&data, 0));
-        assert_eq!(row(&p, 1), row(&data, 4));
-        assert_eq!(row(&p, 2), row(&data, 1));
-        assert_eq!(row(&p, 3), row(&data, 5));
-    }
-
-    #[test]
-    fn q8_0_matches_hand_computed_blocks_and_reads_back() {
-        let mut x: Vec<f32> = (0..32).map(|i| i as f32 - 16.0).collect();
-        x.extend(std::iter::repeat_n(0.0, 32));
-        let q = quantize_q8_0(&x);
-        assert_eq!(q.len(), 68);
-        // Block 0: max |x| = 16, d = 16/127; x = -16 → -127, x = 15 → round(119.06) = 119.
-        let d = f16::from_le_bytes([q[0], q[1]]).to_f32();
-        assert_eq!(d, f16::from_f32(16.0 / 127.0).to_f32());
-        assert_eq!(q[2] as i8, -127);
-        assert_eq!(q[2 + 31] as i8, 119);
-        // An all-zero block has d = 0 and zero quants.
-        assert!(q[34..].iter().all(|&b| b == 0));
-        let back = dequantize(GgmlType::Q8_0, &q, 64).unwrap();
-        for (a, b) in x.iter().zip(&back) {
-            assert!((a - b).abs() <= 16.0 / 127.0 / 2.0 + 1e-3, "{a} vs {b}");
-        }
-    }
-
-    #[test]
-    fn rounding_is_half_away_from_zero() {
-        // max |x| = 127 makes d = 1 exactly, so x is its own quant before rounding.
-        let mut x = vec![0f32; 32];
-        x[0] = 127.0;
-        x[1] = 0.5;
-        x[2] = -0.5;
-        x[3] = 2.5;
-        x[4] = -2.5;
-        let q = quantize_q8_0(&x);
-        assert_eq!(f16::from_le_bytes([q[0], q[1]]).to_f32(), 1.0);
-        let quants: Vec<i8> = q[2..7].iter().map(|&b| b as i8).collect();
-        assert_eq!(quants, vec![127, 1, -1, 3, -3]);
-    }
 
     #[test]
     fn tensor_types_follow_llama_cpp() {

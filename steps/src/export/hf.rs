@@ -7,11 +7,13 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::{Value as Json, json};
 
-use super::source::{ModelArtifact, hf_tensor_shapes};
-use crate::model::SaveDtype;
-use crate::model::gguf::GgufFile;
-use crate::model::load::write_safetensors;
-use crate::model::tokenizer_from_gguf;
+use lf_model::ModelArtifact;
+use lf_model::SaveDtype;
+use lf_model::artifact::TOKENIZER_FILES;
+use lf_model::gguf::GgufFile;
+use lf_model::llama::hf_tensor_shapes;
+use lf_model::load::write_safetensors;
+use lf_model::tokenizer_from_gguf;
 
 /// Parses a size such as `5GB`, `500MB`, `2GiB`, `100kB` or `123456` (bytes). Decimal units
 /// (`KB`/`kB`, `MB`, `GB`, `TB`) are powers of 1000 and binary ones (`KiB`, `MiB`, `GiB`, `TiB`)
@@ -198,41 +200,12 @@ pub fn write_generation_config(model: &ModelArtifact, dir: &Path) -> anyhow::Res
             .with_context(|| format!("cannot copy `{}`", src.display()))?;
         return Ok(());
     }
-    let c = &model.config;
-    let mut g = serde_json::Map::new();
-    if let Some(b) = c.bos_token_id {
-        g.insert("bos_token_id".into(), b.into());
-    }
-    match c.eos_token_ids.as_slice() {
-        [] => {}
-        [one] => {
-            g.insert("eos_token_id".into(), (*one).into());
-        }
-        many => {
-            g.insert("eos_token_id".into(), many.to_vec().into());
-        }
-    }
-    if let Some(p) = c.pad_token_id {
-        g.insert("pad_token_id".into(), p.into());
-    }
     std::fs::write(
         dir.join("generation_config.json"),
-        serde_json::to_string_pretty(&Json::Object(g))? + "\n",
+        serde_json::to_string_pretty(&model.config.generation_config())? + "\n",
     )?;
     Ok(())
 }
-
-/// Tokenizer files copied as they are.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-];
 
 /// Writes the tokenizer files into `dir`: copied from the model's tokenizer folder, or built from the
 /// GGUF metadata. When `template` is given it becomes the chat template (in `chat_template.jinja` if
@@ -271,13 +244,13 @@ pub fn write_tokenizer(
             std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)? + "\n")?;
         }
     }
-    let bundle = crate::model::TokenizerBundle::from_hf_dir(dir)
+    let bundle = lf_model::TokenizerBundle::from_hf_dir(dir)
         .with_context(|| format!("the tokenizer written to `{}` does not load", dir.display()))?;
     Ok(bundle.chat_template)
 }
 
 fn write_tokenizer_from_gguf(model: &ModelArtifact, dir: &Path) -> anyhow::Result<()> {
-    let crate::model::load::ModelFormat::Gguf(file) = &model.base else {
+    let lf_model::load::ModelFormat::Gguf(file) = &model.base else {
         anyhow::bail!(
             "`{}` has no tokenizer (`tokenizer.json` or a `.gguf` file)",
             model.tokenizer_dir.display()

@@ -2,10 +2,9 @@
 //! Hugging Face folder with merged weights, and on request as a PEFT adapter, GGUF files and an Ollama
 //! `Modelfile`.
 //!
-//! The principal type is [`source::ModelArtifact`], the model artifact as `export` and `evaluate` read
-//! it. The pieces:
+//! The model comes in as an [`lf_model::ModelArtifact`], whose tensors stream with the adapter merged.
+//! The pieces:
 //!
-//! - [`source`]: opening a model artifact, streaming its tensors with the adapter merged, PEFT adapters.
 //! - [`hf`]: `config.json`, `generation_config.json`, tokenizer files, sharded safetensors.
 //! - [`gguf`]: GGUF v3 files for llama.cpp (F32/F16/BF16/Q8_0, tokenizer metadata).
 //! - [`ollama`]: the `Modelfile`, with a Go template derived from the Jinja chat template.
@@ -16,29 +15,23 @@
 pub mod gguf;
 pub mod hf;
 pub mod ollama;
-pub mod source;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use lf_engine::progress::Progress;
-use lf_engine::{Problem, Step, StepContext};
-use lf_schemas::FieldPath;
 use lf_schemas::kinds::ExportParams;
 use lf_schemas::kinds::dataset::TemplateName;
 use lf_schemas::kinds::export::ExportDtype;
 use serde::Serialize;
 
 use crate::data::ModelTokenizer;
-use crate::model::SaveDtype;
-use source::{ModelArtifact, SourceKind, hf_tensor_shapes};
-
-/// The `export` step kind.
-pub struct Export;
+use lf_model::SaveDtype;
+use lf_model::llama::hf_tensor_shapes;
+use lf_model::{ArtifactKind, ModelArtifact};
 
 /// `export.json`: what an export artifact holds.
 #[derive(Debug, Clone, Serialize)]
@@ -48,7 +41,7 @@ pub struct ExportInfo {
     /// Layout version.
     pub version: u32,
     /// What the input was (`hf`, `gguf`, `lora`).
-    pub source: SourceKind,
+    pub source: ArtifactKind,
     /// Whether a LoRA adapter was merged into the weights.
     pub merged_adapter: bool,
     /// The architecture (`llama`, `qwen2`, ...).
@@ -84,66 +77,6 @@ pub struct OllamaInfo {
     pub stop: Vec<String>,
 }
 
-impl Step for Export {
-    type Params = ExportParams;
-    const KIND: &'static str = "export";
-    const VERSION: u32 = 1;
-    const ABOUT: &'static str = "write a model as a Hugging Face folder (LoRA merged, sharded safetensors), and optionally a PEFT adapter, GGUF files and an Ollama Modelfile";
-
-    fn check(&self, p: &ExportParams) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if let Err(e) = hf::parse_size(&p.max_shard_size) {
-            problems.push(Problem::new(FieldPath::key("max_shard_size"), e));
-        }
-        let mut seen = BTreeSet::new();
-        for (i, t) in p.gguf.iter().enumerate() {
-            if !seen.insert(t.name()) {
-                problems.push(Problem::new(
-                    FieldPath::key("gguf").at(i),
-                    format!("`{}` is listed twice", t.name()),
-                ));
-            }
-        }
-        if p.ollama && p.gguf.is_empty() {
-            problems.push(
-                Problem::new(FieldPath::key("ollama"), "needs a GGUF file to point at")
-                    .hint("add `gguf: [q8_0]` (or `f16`)"),
-            );
-        }
-        problems
-    }
-
-    fn check_inputs(&self, p: &ExportParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
-        let Some(model) = inputs.get("model") else {
-            return Vec::new();
-        };
-        match ModelArtifact::open(model) {
-            Err(e) => vec![Problem::new(FieldPath::key("model"), format!("{e:#}"))],
-            Ok(a) if p.adapter && a.adapter.is_none() => vec![
-                Problem::new(FieldPath::key("adapter"), "the model has no LoRA adapter")
-                    .hint("`adapter: true` needs a model trained with `finetuning_type: lora`"),
-            ],
-            Ok(_) => Vec::new(),
-        }
-    }
-
-    fn run(&self, p: &ExportParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {
-        let model_dir = cx.input("model")?.to_path_buf();
-        let progress = cx.progress().for_step(cx.step_name());
-        let info = export(p, &model_dir, cx.out_dir(), &progress)?;
-        cx.metric("parameters", info.weights.parameters);
-        cx.metric("safetensors_files", info.weights.files.len());
-        cx.metric("bytes", info.weights.total_size);
-        for g in &info.gguf {
-            cx.metric(&format!("gguf_{}_bytes", g.ty.name()), g.bytes);
-        }
-        for note in &info.notes {
-            tracing::warn!("{note}");
-        }
-        Ok(())
-    }
-}
-
 fn resolve_dtype(d: ExportDtype, model: &ModelArtifact) -> SaveDtype {
     match d {
         ExportDtype::F32 => SaveDtype::F32,
@@ -157,7 +90,7 @@ fn resolve_dtype(d: ExportDtype, model: &ModelArtifact) -> SaveDtype {
     }
 }
 
-/// Runs the export of the model at `model_dir` into `out` (what [`Export::run`] does, without the
+/// Runs the export of the model at `model_dir` into `out` (what the `export` kind runs, without the
 /// step context).
 pub fn export(
     p: &ExportParams,
@@ -182,7 +115,7 @@ pub fn export(
         ),
     };
     let has_tokenizer = model.tokenizer_dir.join("tokenizer.json").is_file()
-        || matches!(model.base, crate::model::load::ModelFormat::Gguf(_));
+        || matches!(model.base, lf_model::load::ModelFormat::Gguf(_));
     let chat_template = if has_tokenizer {
         hf::write_tokenizer(&model, out, template_override)?
     } else {
@@ -205,7 +138,7 @@ pub fn export(
                 model_dir.display()
             )
         })?;
-        adapter.write(&out.join("adapter"))?;
+        adapter.normalized().write(&out.join("adapter"))?;
     }
 
     let mut ggufs = Vec::new();
@@ -227,7 +160,7 @@ pub fn export(
     let ollama = if p.ollama {
         let first = ggufs.first().context("`ollama: true` needs `gguf`")?;
         let tk = ModelTokenizer::load(out)?;
-        let bundle = crate::model::TokenizerBundle::from_hf_dir(out)?;
+        let bundle = lf_model::TokenizerBundle::from_hf_dir(out)?;
         let mut stops: Vec<String> = Vec::new();
         for id in bundle
             .eos_ids

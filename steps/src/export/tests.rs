@@ -11,14 +11,17 @@ use lf_engine::progress::Progress;
 use lf_schemas::kinds::ExportParams;
 use serde_json::{Value as Json, json};
 
-use super::source::{Adapter, LoraPair, ModelArtifact, hf_tensor_shapes, read_f32_tensors};
 use super::{export, hf};
-use crate::model::config::{Arch, ModelConfig};
-use crate::model::gguf::GgufFile;
-use crate::model::llama::{ForwardInput, TensorSource};
-use crate::model::load::GgufSource;
-use crate::model::rng::Rng;
-use crate::model::{Cpu, CpuDevice, Dtype, Llama, SaveDtype, load_model, save_hf};
+use lf_model::ModelArtifact;
+use lf_model::adapter::{Adapter, LoraPair};
+use lf_model::config::{Arch, ModelConfig};
+use lf_model::gguf::GgufFile;
+use lf_model::gguf::GgufSource;
+use lf_model::llama::hf_tensor_shapes;
+use lf_model::llama::{ForwardInput, TensorSource};
+use lf_model::load::read_f32_tensors;
+use lf_model::rng::Rng;
+use lf_model::{Cpu, CpuDevice, Dtype, Llama, SaveDtype, load_model, save_hf};
 
 /// A trained byte-level BPE tokenizer (chatml template) in `dir/tokenizer`.
 pub(crate) fn tokenizer(dir: &Path) -> PathBuf {
@@ -28,8 +31,8 @@ pub(crate) fn tokenizer(dir: &Path) -> PathBuf {
         "source": "builtin:corpus", "vocab_size": 320, "template": "chatml"
     }))
     .unwrap();
-    let texts = crate::tokenizer::training_texts("builtin:corpus", None, None).unwrap();
-    crate::tokenizer::train(&p, &texts, &out).unwrap();
+    let texts = crate::data::bpe::training_texts("builtin:corpus", None, None).unwrap();
+    crate::data::bpe::train(&p, &texts, &out).unwrap();
     out
 }
 
@@ -94,7 +97,7 @@ pub(crate) fn tiny_lora(dir: &Path, name: &str, base: &Path) -> PathBuf {
         rslora: false,
         modules,
     };
-    adapter.write(&out).unwrap();
+    adapter.normalized().write(&out).unwrap();
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -429,8 +432,8 @@ fn gguf_files_read_back_with_the_same_tensors() {
     }
     // The tokenizer rebuilt from the metadata encodes as the original.
     let file = GgufFile::open(&tmp.path().join("llama-out/model-q8_0.gguf")).unwrap();
-    let rebuilt = crate::model::tokenizer_from_gguf(&file).unwrap();
-    let original = crate::model::TokenizerBundle::from_hf_dir(&tok).unwrap();
+    let rebuilt = lf_model::tokenizer_from_gguf(&file).unwrap();
+    let original = lf_model::TokenizerBundle::from_hf_dir(&tok).unwrap();
     for text in [
         "Hello, world! The cat sat on the mat.",
         "<|im_start|>user\nHi there<|im_end|>\n",
@@ -575,12 +578,13 @@ fn quantisation_matches_gguf_py() {
             .map(|b| f32::from_bits(b.as_u64().unwrap() as u32))
             .collect();
         for (ty, ggml) in [
-            ("q8_0", crate::model::gguf::GgmlType::Q8_0),
-            ("f16", crate::model::gguf::GgmlType::F16),
-            ("bf16", crate::model::gguf::GgmlType::BF16),
+            ("q8_0", lf_model::gguf::GgmlType::Q8_0),
+            ("f16", lf_model::gguf::GgmlType::F16),
+            ("bf16", lf_model::gguf::GgmlType::BF16),
         ] {
             let want = case[ty].as_str().unwrap();
-            let got: String = super::gguf::encode(&values, ggml)
+            let got: String = lf_model::gguf::encode(&values, ggml)
+                .unwrap()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
@@ -592,11 +596,12 @@ fn quantisation_matches_gguf_py() {
 #[test]
 fn parameters_are_checked() {
     use lf_engine::Step;
-    let problems = super::Export.check(&params(
+    let problems = crate::kinds::export::Export.check(&params(
         json!({"model": "m", "ollama": true, "max_shard_size": "lots", "gguf": ["f16", "f16"]}),
     ));
     let fields: Vec<String> = problems.iter().map(|p| p.field.to_string()).collect();
     assert_eq!(fields, vec!["max_shard_size", "gguf[1]"]);
-    let problems = super::Export.check(&params(json!({"model": "m", "ollama": true})));
+    let problems =
+        crate::kinds::export::Export.check(&params(json!({"model": "m", "ollama": true})));
     assert_eq!(problems[0].field.to_string(), "ollama");
 }

@@ -14,10 +14,10 @@ use super::params::Method;
 use super::pref::PrefConfig;
 use super::reference::{Reference, SplitLogps};
 use super::trainer::{AdamW, Trainer};
-use super::value_head::ValueHead;
 use crate::data::{Batch, Split};
-use crate::model::linear::LoraConfig;
-use crate::model::{CpuAutodiff, CpuDevice, Dtype, Llama, load_model};
+use lf_model::ValueHead;
+use lf_model::linear::LoraConfig;
+use lf_model::{CpuAutodiff, CpuDevice, Dtype, Llama, load_model};
 
 type AD = CpuAutodiff;
 
@@ -76,9 +76,9 @@ fn values<B: Backend>(t: Tensor<B, 1>) -> Vec<f32> {
 #[test]
 fn the_value_head_scores_the_last_real_token() {
     let model = tiny().valid();
-    let head = ValueHead::<crate::model::Cpu>::init(64, 7, &CpuDevice);
+    let head = ValueHead::<lf_model::Cpu>::init(64, 7, &CpuDevice);
     let padded = pairs().lm;
-    let scores = values(head.score(&model, &padded));
+    let scores = values(head.score(&model, padded.input(&CpuDevice), &padded.lens));
     // Each row alone, unpadded: its score is the head applied to its last hidden state.
     let b = rows(&[
         (&[1, 5, 9, 13], &[20, 21, 22, 2]),
@@ -138,13 +138,13 @@ fn a_step_lowers_the_reward_model_loss() {
 fn margins_raise_the_reward_model_loss_by_the_formula() {
     // −log σ(d − m) with the data's margins m.
     let model = tiny().valid();
-    let head = ValueHead::<crate::model::Cpu>::init(64, 5, &CpuDevice);
+    let head = ValueHead::<lf_model::Cpu>::init(64, 5, &CpuDevice);
     let plain = pairs();
     let with = PairBatch {
         margins: vec![0.5, 2.0],
         ..pairs()
     };
-    let scores = values(head.score(&model, &plain.lm));
+    let scores = values(head.score(&model, plain.lm.input(&CpuDevice), &plain.lm.lens));
     let want: f64 = (0..2)
         .map(|i| {
             let d = f64::from(scores[i] - scores[2 + i]) - [0.5, 2.0][i];
@@ -201,7 +201,7 @@ fn dpo(loss: PrefLoss, reference: Option<Reference>) -> Dpo {
     }
 }
 
-fn reference_of(model: &Llama<crate::model::Cpu>, batch: &PairBatch) -> Reference {
+fn reference_of(model: &Llama<lf_model::Cpu>, batch: &PairBatch) -> Reference {
     let v = values(row_logps(model, &batch.lm));
     Reference {
         train: SplitLogps {

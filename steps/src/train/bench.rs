@@ -12,16 +12,16 @@ use burn::tensor::backend::AutodiffBackend;
 use lf_engine::cli::{BenchArgs, DeviceArgPub};
 use serde_json::{Value as Json, json};
 
-use super::artifact::ModelSource;
+use super::init::config_for_vocab;
 use super::loss::LmBatch;
 use super::params::Method;
 use super::trainer::{AdamW, Trainer};
 use crate::data::Batch;
-use crate::model::backend::{DeviceChoice, TrainingTask, run_training};
-use crate::model::linear::LoraConfig;
-use crate::model::rng::Rng;
-use crate::model::{Dtype, Llama, ModelConfig};
-use crate::model_init::config_for_vocab;
+use lf_model::ModelArtifact;
+use lf_model::backend::{DeviceChoice, TrainingTask, run_training};
+use lf_model::linear::LoraConfig;
+use lf_model::rng::Rng;
+use lf_model::{Dtype, Llama, ModelConfig};
 use lf_schemas::kinds::ModelParams;
 
 /// Sequences per batch.
@@ -61,7 +61,7 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
         DeviceArgPub::Cuda => DeviceChoice::Cuda,
     };
     let resolved = device.resolve()?;
-    let dtype = if matches!(resolved, crate::model::backend::ResolvedDevice::Cpu) {
+    let dtype = if matches!(resolved, lf_model::backend::ResolvedDevice::Cpu) {
         Dtype::F32
     } else {
         Dtype::Bf16
@@ -69,7 +69,7 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
     let seq = args.size.unwrap_or(256) as usize;
     let task = Bench {
         source: match &args.model {
-            Some(p) => Some(ModelSource::detect(p)?),
+            Some(p) => Some(ModelArtifact::open(p)?),
             None => None,
         },
         seq,
@@ -81,7 +81,7 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
 }
 
 struct Bench {
-    source: Option<ModelSource>,
+    source: Option<ModelArtifact>,
     seq: usize,
 }
 

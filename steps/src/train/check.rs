@@ -11,10 +11,10 @@ use lf_schemas::kinds::dataset::Stage;
 use lf_schemas::kinds::train::{FinetuningType, PrefLoss};
 use lf_schemas::kinds::{DpoParams, TrainParams};
 
-use super::artifact::ModelSource;
 use super::params::{EXTRA_MODULES, LAYER_MODULES, LINEAR_MODULES};
 use crate::data::artifact::read_info;
 use crate::data::tokenizer_fingerprint;
+use lf_model::ModelArtifact;
 
 fn key(k: &str) -> FieldPath {
     FieldPath::key(k)
@@ -167,7 +167,7 @@ pub fn check_inputs(
     let (Some(model_dir), Some(data_dir)) = (inputs.get("model"), inputs.get("dataset")) else {
         return out;
     };
-    let source = match ModelSource::detect(model_dir) {
+    let source = match ModelArtifact::open(model_dir) {
         Ok(s) => s,
         Err(e) => {
             out.push(Problem::new(key("model"), format!("{e:#}")).hint(
@@ -176,13 +176,7 @@ pub fn check_inputs(
             return out;
         }
     };
-    let config = match source.config() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            out.push(Problem::new(key("model"), format!("{e:#}")));
-            None
-        }
-    };
+    let config = Some(source.config.clone());
     match read_info(data_dir) {
         Err(e) => out.push(
             Problem::new(key("dataset"), format!("{e:#}"))
@@ -334,7 +328,7 @@ pub fn check_reference(p: &DpoParams, inputs: &BTreeMap<String, PathBuf>) -> Vec
     let (Some(ref_dir), Some(data_dir)) = (inputs.get("ref_model"), inputs.get("dataset")) else {
         return out;
     };
-    let source = match ModelSource::detect(ref_dir) {
+    let source = match ModelArtifact::open(ref_dir) {
         Ok(s) => s,
         Err(e) => {
             out.push(Problem::new(key("ref_model"), format!("{e:#}")));

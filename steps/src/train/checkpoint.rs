@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use super::trainer::HostTensor;
-use crate::model::llama::TensorSource as _;
-use crate::model::load::{SafetensorsSource, SaveDtype, write_safetensors};
+use lf_model::llama::TensorSource as _;
+use lf_model::load::{SafetensorsSource, SaveDtype, write_safetensors};
 
 /// Layout version of checkpoints (2: step records carry their objective's metrics).
 pub const VERSION: u32 = 2;

@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::data::Batch;
-use crate::model::ops;
-use crate::model::{ForwardInput, Llama};
+use lf_model::ops;
+use lf_model::{ForwardInput, Llama};
 
 /// The label that is not trained.
 pub const IGNORE: i32 = -100;

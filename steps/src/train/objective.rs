@@ -12,9 +12,9 @@ use burn::tensor::backend::Backend;
 use super::loss::{LmBatch, lm_loss_sum, row_logps};
 use super::pref::{PairLogps, PrefConfig, pairwise_loss, preference_loss};
 use super::reference::Reference;
-use super::value_head::ValueHead;
 use crate::data::{Split, TokenizedDataset, collate};
-use crate::model::Llama;
+use lf_model::Llama;
+use lf_model::ValueHead;
 
 /// Sums of an objective's numbers over a batch's units, by name.
 pub type Stats = Vec<(&'static str, f64)>;
@@ -186,7 +186,7 @@ impl Objective for Rm {
             return None;
         }
         let head = head.expect("a reward model has a value head");
-        let scores = head.score(model, &batch.lm);
+        let scores = head.score(model, batch.lm.input(&model.device()), &batch.lm.lens);
         let chosen = scores.clone().narrow(0, 0, k);
         let rejected = scores.narrow(0, k, k);
         let stats = pair_stats(

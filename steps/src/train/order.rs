@@ -5,7 +5,7 @@
 //! (the last one may be smaller); `gradient_accumulation_steps` consecutive micro-batches make one
 //! optimizer step (the last step of an epoch may have fewer).
 
-use crate::model::rng::Rng;
+use lf_model::rng::Rng;
 
 /// The batches of a training run.
 #[derive(Debug, Clone, PartialEq)]

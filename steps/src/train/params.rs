@@ -8,8 +8,8 @@ use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::model::linear::{BaseWeight, Linear};
-use crate::model::{Llama, LoraConfig};
+use lf_model::linear::{BaseWeight, Linear};
+use lf_model::{Llama, LoraConfig};
 
 /// A mutable parameter of rank 1 (norms, biases) or 2 (matrices).
 pub enum ParamMut<'a, B: Backend> {

@@ -197,7 +197,7 @@ pub fn pairwise_loss<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Cpu, CpuDevice};
+    use lf_model::{Cpu, CpuDevice};
 
     fn t(v: &[f32]) -> Tensor<Cpu, 1> {
         host::<Cpu>(v, &CpuDevice)

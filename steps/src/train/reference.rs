@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype as StDtype, TensorView};
 use super::loss::row_logps;
 use super::objective::PairBatch;
 use crate::data::{Split, TokenizedDataset};
-use crate::model::Llama;
+use lf_model::Llama;
 
 /// The folder under the scratch folder.
 pub const DIR: &str = "reference";

@@ -19,7 +19,7 @@ use lf_schemas::kinds::dataset::Stage;
 use lf_schemas::kinds::train::FinetuningType;
 use serde_json::{Value as Json, json};
 
-use super::artifact::{BaseOut, ModelSource, write_full, write_lora};
+use super::artifact::{BaseOut, write_full, write_lora};
 use super::checkpoint::{self, CheckpointState, StepRecord};
 use super::objective::{Dpo, Lm, Objective, Rm};
 use super::order::DataOrder;
@@ -29,12 +29,12 @@ use super::pref::PrefConfig;
 use super::reference::Reference;
 use super::schedule::Schedule;
 use super::trainer::{AdamW, Trainer};
-use super::value_head::{self, ValueHead};
 use crate::data::{Split, TokenizedDataset};
-use crate::model::backend::{DeviceChoice, TrainingTask, run_training};
-use crate::model::linear::LoraConfig;
-use crate::model::load::SaveDtype;
-use crate::model::{Dtype, Llama, rng};
+use lf_model::backend::{DeviceChoice, TrainingTask, run_training};
+use lf_model::linear::LoraConfig;
+use lf_model::load::SaveDtype;
+use lf_model::value_head::{VALUE_HEAD, ValueHead};
+use lf_model::{ArtifactKind, Dtype, Llama, ModelArtifact, rng};
 
 /// Training steps of one process run one at a time: they would compete for the same cores (or GPU),
 /// and burn's random state (LoRA dropout) is global to the process, so two at once would make each
@@ -118,7 +118,7 @@ pub enum Task {
         /// The loss.
         cfg: PrefConfig,
         /// Another reference model than the starting one.
-        ref_model: Option<ModelSource>,
+        ref_model: Option<ModelArtifact>,
     },
 }
 
@@ -143,7 +143,7 @@ pub fn run_task(
     let finetuning = finetuning_type(p, default);
     let model_dir = cx.input("model")?;
     let data_dir = cx.input("dataset")?;
-    let source = ModelSource::detect(model_dir)?;
+    let source = ModelArtifact::open(model_dir)?;
     let train = TokenizedDataset::open(data_dir, Split::Train)?;
     anyhow::ensure!(
         train.info().stage == stage,
@@ -201,7 +201,7 @@ struct Job<'a, 'c> {
     p: &'a TrainParams,
     finetuning: FinetuningType,
     method: Method,
-    source: ModelSource,
+    source: ModelArtifact,
     train: TokenizedDataset,
     val: Option<TokenizedDataset>,
     order: DataOrder,
@@ -278,12 +278,14 @@ impl TrainingTask for Job<'_, '_> {
             }
             Task::Rm => {
                 let hidden = trainer.model.config.hidden_size;
-                let existing = match &self.source {
-                    ModelSource::Hf(dir) | ModelSource::Lora { dir, .. } => {
-                        Some(dir.join(value_head::VALUE_HEAD)).filter(|p| p.is_file())
-                    }
-                    ModelSource::Gguf(_) => None,
-                };
+                // A head beside the weights (of a full model) or the adapter (of a LoRA artifact)
+                // carries on; a GGUF base never has one.
+                let existing = match self.source.kind {
+                    ArtifactKind::Hf => Some(self.source.base_dir().join(VALUE_HEAD)),
+                    ArtifactKind::Lora => Some(self.source.root.join(VALUE_HEAD)),
+                    ArtifactKind::Gguf => None,
+                }
+                .filter(|p| p.is_file());
                 let head = match existing {
                     Some(path) => ValueHead::read(&path, hidden, &device)?,
                     None => ValueHead::init(hidden, self.p.seed, &device),
@@ -502,9 +504,9 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
     }
     match &method {
         Method::Lora(cfg) => {
-            let base = match &source {
-                ModelSource::Lora { .. } => BaseOut::Write(&trainer.model, &source),
-                other => BaseOut::Link(other),
+            let base = match source.kind {
+                ArtifactKind::Lora => BaseOut::Write(&trainer.model, &source),
+                ArtifactKind::Hf | ArtifactKind::Gguf => BaseOut::Link(&source),
             };
             write_lora(&trainer.model, cfg, base, &out)?;
         }

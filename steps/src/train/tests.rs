@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use serde_json::Value as Json;
 
-use super::artifact::{BaseOut, ModelSource, load_any, write_lora};
+use super::artifact::{BaseOut, write_lora};
 use super::loss::{IGNORE, LmBatch};
 use super::params::{FreezeSpec, Method};
 use super::trainer::{AdamW, Trainer};
 use crate::data::Batch;
-use crate::model::linear::LoraConfig;
-use crate::model::{Cpu, CpuAutodiff, CpuDevice, Dtype, ForwardInput, Llama, load_model};
+use lf_model::linear::LoraConfig;
+use lf_model::{
+    Cpu, CpuAutodiff, CpuDevice, Dtype, ForwardInput, Llama, ModelArtifact, load_model,
+};
 
 type AD = CpuAutodiff;
 
@@ -340,7 +342,7 @@ fn lora_artifacts_load_back_with_their_base() {
     .unwrap();
     train_steps(&mut t, &b, 2, 1e-2);
     let out = tempfile::tempdir().unwrap();
-    let source = ModelSource::Hf(fixtures().join("tiny/llama"));
+    let source = ModelArtifact::open(&fixtures().join("tiny/llama")).unwrap();
     write_lora(&t.model, &cfg, BaseOut::<AD>::Link(&source), out.path()).unwrap();
     let adapter: Json = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
@@ -349,7 +351,10 @@ fn lora_artifacts_load_back_with_their_base() {
     assert_eq!(adapter["r"], 4);
     assert_eq!(adapter["target_modules"].as_array().unwrap().len(), 7);
     assert!(out.path().join("base/model.safetensors").is_file());
-    let loaded = load_any::<Cpu>(out.path(), &CpuDevice, Dtype::F32).unwrap();
+    let loaded = ModelArtifact::open(out.path())
+        .unwrap()
+        .load::<Cpu>(&CpuDevice, Dtype::F32)
+        .unwrap();
     let ids = vec![vec![1u32, 23, 54, 87, 120]];
     let logits = |m: &Llama<Cpu>| {
         m.forward(ForwardInput::from_rows(&ids, &CpuDevice), None)

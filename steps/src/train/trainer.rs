@@ -22,8 +22,8 @@ use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 
 use super::loss::{LmBatch, lm_loss_sum};
 use super::params::{Method, ParamMut, decays, visit_params};
-use super::value_head::{self, ValueHead};
-use crate::model::{Llama, ops};
+use lf_model::value_head::{self, ValueHead};
+use lf_model::{Llama, ops};
 
 /// AdamW hyper-parameters (the learning rate comes with each step).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -171,7 +171,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         method: &Method,
         adamw: AdamW,
         seed: u64,
-    ) -> crate::model::Result<Self> {
+    ) -> lf_model::Result<Self> {
         let mut model = match method {
             Method::Lora(cfg) => model.with_lora(cfg, seed)?,
             _ => model,

@@ -10,8 +10,8 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
-use super::ops;
-use super::rng::Rng;
+use crate::ops;
+use crate::rng::Rng;
 
 /// The frozen-able base weight of a [`Linear`], stored as HF does: `[out, in]`.
 #[derive(Module, Debug)]
@@ -48,6 +48,17 @@ impl<B: Backend> BaseWeight<B> {
         }
     }
 }
+
+/// The projections of a decoder layer, by their Hugging Face names, in layer order.
+pub const LINEAR_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// How to attach LoRA adapters (peft's `LoraConfig`, the parts that change the math).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

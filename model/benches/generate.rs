@@ -1,14 +1,14 @@
 //! Prompt-processing and generation throughput of SmolLM2-135M (the GGUF `scripts/fetch-models.sh`
-//! fetches) on the CPU backend: `cargo bench -p lf-steps --bench generate`.
+//! fetches) on the CPU backend: `cargo bench -p lf-model --bench generate`.
 //!
 //! Environment: `LF_BENCH_MODEL` (model path), `LF_BENCH_PROMPT` (default 128), `LF_BENCH_NEW`
 //! (default 64), `LF_BENCH_RUNS` (default 3), `LF_BENCH_DTYPE` (`f32` or `bf16`).
 
 use std::path::PathBuf;
 
-use lf_steps::model::backend::{Cpu, CpuDevice, Dtype};
-use lf_steps::model::generate::bench_generation;
-use lf_steps::model::{load_model, load_tokenizer};
+use lf_model::backend::{Cpu, CpuDevice, Dtype};
+use lf_model::generate::bench_generation;
+use lf_model::{load_model, load_tokenizer};
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -20,7 +20,7 @@ fn env_usize(key: &str, default: usize) -> usize {
 fn main() -> anyhow::Result<()> {
     // `cargo test --all-targets` runs bench targets without `--bench`: a benchmark is not a test.
     if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("skipped: run with `cargo bench -p lf-steps --bench generate`");
+        eprintln!("skipped: run with `cargo bench -p lf-model --bench generate`");
         return Ok(());
     }
     let path = std::env::var_os("LF_BENCH_MODEL")

@@ -29,8 +29,8 @@ use tokenizers::{
     AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
-use super::error::{Error, Result};
-use super::gguf::{GgufFile, GgufValue};
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, GgufValue};
 
 /// GGUF token types.
 const TOKEN_CONTROL: i64 = 3;
@@ -456,7 +456,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<TokenizerBundle> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::write_gguf;
+    use crate::gguf::write_gguf;
 
     fn s(x: &str) -> GgufValue {
         GgufValue::String(x.into())

@@ -10,13 +10,13 @@ use burn::tensor::backend::Backend;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, View};
 
-use super::backend::Dtype;
-use super::config::{Arch, ModelConfig};
-use super::error::{Error, Result};
-use super::gguf::GgufFile;
-use super::gguf_tokenizer::TokenizerBundle;
-use super::llama::{Llama, TensorSource};
-use super::rng::Rng;
+use crate::backend::Dtype;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gguf::tokenizer::TokenizerBundle;
+use crate::gguf::{GgufFile, GgufSource};
+use crate::llama::{Llama, TensorSource};
+use crate::rng::Rng;
 
 /// File contents, memory-mapped or owned.
 pub enum Bytes {
@@ -92,12 +92,7 @@ impl ModelFormat {
         if path.join("config.json").is_file() {
             return Ok(ModelFormat::HfDir(path.to_owned()));
         }
-        let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
-            .collect();
-        ggufs.sort();
+        let mut ggufs = gguf_files(path).map_err(|e| Error::io(path, e))?;
         match ggufs.len() {
             1 => Ok(ModelFormat::Gguf(ggufs.remove(0))),
             0 => Err(Error::config(format!(
@@ -115,6 +110,21 @@ impl ModelFormat {
             ))),
         }
     }
+}
+
+/// The `.gguf` files of `dir`, sorted by name.
+pub fn gguf_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The first `.gguf` file of `dir` by name, if it holds one.
+pub fn find_gguf(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    Ok(gguf_files(dir)?.into_iter().next())
 }
 
 struct StFile {
@@ -316,110 +326,6 @@ impl TensorSource for SafetensorsSource {
     }
 }
 
-/// The GGUF name of a HF tensor name (llama.cpp's naming).
-pub fn gguf_tensor_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
-}
-
-/// Undoes llama.cpp's permutation of Q/K rows for its interleaved RoPE: within each head of
-/// width `hd`, GGUF row `2·d + j` is HF row `j·hd/2 + d`.
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
-    let hd = rows / n_heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for d in 0..half {
-            for j in 0..2 {
-                let src = h * hd + 2 * d + j;
-                let dst = h * hd + j * half + d;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
-/// HF-named tensors dequantised from a GGUF file.
-pub struct GgufSource<'a> {
-    file: &'a GgufFile,
-    config: &'a ModelConfig,
-}
-
-impl<'a> GgufSource<'a> {
-    /// A source over `file`, whose config is `config`.
-    pub fn new(file: &'a GgufFile, config: &'a ModelConfig) -> Self {
-        GgufSource { file, config }
-    }
-}
-
-impl TensorSource for GgufSource<'_> {
-    fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let gname = gguf_tensor_name(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_owned(),
-            path: self.file.path().map(Path::to_owned),
-        })?;
-        if self.file.tensor(&gname).is_none() {
-            return Err(Error::Gguf {
-                path: self.file.path().map(Path::to_owned),
-                msg: format!("missing tensor `{gname}` (HF `{name}`)"),
-            });
-        }
-        let (data, got) = self.file.dequantize(&gname)?;
-        // A 1-D tensor may be stored as [n] or [1, n].
-        let same = got == shape
-            || got.iter().product::<usize>() == shape.iter().product::<usize>()
-                && got
-                    .iter()
-                    .filter(|&&d| d != 1)
-                    .eq(shape.iter().filter(|&&d| d != 1));
-        if !same {
-            return Err(Error::Shape {
-                name: name.to_owned(),
-                expected: shape.to_vec(),
-                got,
-            });
-        }
-        // llama.cpp permutes Q/K of `llama` models for its interleaved RoPE; qwen2/3 use NeoX
-        // (rotate-half) RoPE there and are stored unpermuted.
-        let permuted = matches!(self.config.arch, Arch::Llama | Arch::Mistral);
-        if permuted && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
-            let heads = if gname.contains(".attn_q.") {
-                self.config.num_attention_heads
-            } else {
-                self.config.num_key_value_heads
-            };
-            let rows = shape[0];
-            let cols = if shape.len() == 2 { shape[1] } else { 1 };
-            return Ok(unpermute_rows(&data, rows, cols, heads));
-        }
-        Ok(data)
-    }
-}
-
 /// Deterministic random initialisation as transformers' `_init_weights` does it: projections and
 /// embeddings `normal(0, initializer_range)`, biases zero, norms one, the padding row zero. Each
 /// tensor draws from its own stream (seed, HF name), independent of burn's global RNG.
@@ -514,7 +420,7 @@ pub fn load_tokenizer(path: &Path) -> Result<TokenizerBundle> {
         ModelFormat::HfDir(dir) => TokenizerBundle::from_hf_dir(&dir),
         ModelFormat::Gguf(file) => {
             let gguf = GgufFile::open(&file)?;
-            super::gguf_tokenizer::tokenizer_from_gguf(&gguf).map_err(|e| e.at(&file))
+            crate::gguf::tokenizer::tokenizer_from_gguf(&gguf).map_err(|e| e.at(&file))
         }
     }
 }
@@ -632,4 +538,46 @@ pub fn save_hf<B: Backend>(model: &Llama<B>, dir: &Path, dtype: SaveDtype) -> Re
         })
         .collect();
     write_safetensors(&dir.join("model.safetensors"), named, dtype)
+}
+
+/// A named tensor on the host: name, shape, row-major f32 values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted), by name.
+pub fn read_f32_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st_err = |source| Error::Safetensors {
+        path: path.to_owned(),
+        source,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
+    let mut out = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    for name in names {
+        let t = st.tensor(&name).map_err(st_err)?;
+        let raw = t.data();
+        let values: Vec<f32> = match t.dtype() {
+            StDtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StDtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            StDtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "`{}`: tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16",
+                    path.display()
+                )));
+            }
+        };
+        out.push((name, t.shape().to_vec(), values));
+    }
+    Ok(out)
 }

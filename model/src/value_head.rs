@@ -10,13 +10,13 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use super::loss::LmBatch;
-use crate::model::load::{SaveDtype, write_safetensors};
-use crate::model::rng::Rng;
-use crate::model::{Llama, ops};
+use crate::llama::{ForwardInput, Llama};
+use crate::load::{SaveDtype, read_f32_tensors, write_safetensors};
+use crate::ops;
+use crate::rng::Rng;
 
 /// The file name, beside the weights (LLaMA-Factory's).
-pub const VALUE_HEAD: &str = crate::export::source::VALUE_HEAD;
+pub const VALUE_HEAD: &str = "value_head.safetensors";
 /// The weight's name in the file.
 pub const WEIGHT: &str = "v_head.summary.weight";
 /// The bias's name in the file.
@@ -55,10 +55,50 @@ impl<B: Backend> ValueHead<B> {
         }
     }
 
-    /// Reads `value_head.safetensors` (TRL's names, or transformers' `score.weight`).
+    /// Reads `value_head.safetensors`: `v_head.summary.weight` `[1, hidden]` and
+    /// `v_head.summary.bias` `[1]` (TRL / LLaMA-Factory), or `score.weight` (transformers'
+    /// sequence-classification head).
     pub fn read(path: &Path, hidden: usize, device: &B::Device) -> anyhow::Result<Self> {
-        let host = crate::evaluate::tasks::ValueHead::read(path, hidden)?;
-        Ok(Self::from_values(host.weight, host.bias, device))
+        let tensors = read_f32_tensors(path)?;
+        let find = |suffixes: &[&str]| {
+            tensors
+                .iter()
+                .find(|(n, _, _)| suffixes.iter().any(|s| n.ends_with(s)))
+        };
+        let (name, _, weight) = find(&["summary.weight", "score.weight", "v_head.weight"])
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`{}` has no `v_head.summary.weight` (tensors: {})",
+                    path.display(),
+                    tensors
+                        .iter()
+                        .map(|(n, _, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        anyhow::ensure!(
+            weight.len() == hidden,
+            "`{}`: `{name}` has {} values; the model's hidden size is {hidden}",
+            path.display(),
+            weight.len()
+        );
+        let bias = find(&["summary.bias", "score.bias", "v_head.bias"])
+            .and_then(|(_, _, b)| b.first().copied())
+            .unwrap_or(0.0);
+        Ok(Self::from_values(weight.clone(), bias, device))
+    }
+
+    /// The bias, on the host.
+    pub fn bias_value(&self) -> anyhow::Result<f32> {
+        let v = self
+            .bias
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("cannot read the value head's bias: {e:?}"))?;
+        Ok(v[0])
     }
 
     /// Writes the head as `value_head.safetensors` into `dir`.
@@ -101,13 +141,12 @@ impl<B: Backend> ValueHead<B> {
         (last.matmul(w) + self.bias.val().unsqueeze::<2>()).reshape([rows])
     }
 
-    /// Runs `model` on `batch` and scores each row at its last real token.
+    /// Runs `model` on `input` and scores each row at its last real token (`lens[r] − 1`).
     ///
     /// # Shapes
     /// - output: `[rows]`
-    pub fn score(&self, model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> {
-        let device = model.device();
-        let hidden = model.forward_hidden(batch.input(&device), None);
-        self.score_last(hidden, &batch.lens)
+    pub fn score(&self, model: &Llama<B>, input: ForwardInput<B>, lens: &[usize]) -> Tensor<B, 1> {
+        let hidden = model.forward_hidden(input, None);
+        self.score_last(hidden, lens)
     }
 }

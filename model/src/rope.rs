@@ -8,8 +8,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use super::config::{ModelConfig, RopeScaling};
-use super::ops::cast;
+use crate::config::{ModelConfig, RopeScaling};
+use crate::ops::cast;
 
 /// Inverse frequencies of one head, computed once from the config.
 #[derive(Debug, Clone)]

@@ -1,13 +1,14 @@
-//! The model artifacts `export` and `evaluate` read: a Hugging Face folder, a folder with one GGUF
-//! file, or a LoRA artifact (a PEFT adapter with its base model in `base/`), opened as one
-//! [`ModelArtifact`].
+//! LoRA adapters in PEFT's layout: the one reader and the one writer of `adapter_config.json` and
+//! `adapter_model.safetensors`, used by training (which writes them), loading (which attaches them),
+//! export (which merges or copies them) and evaluation.
 //!
-//! Weights are streamed tensor by tensor ([`ModelArtifact::tensors`]) so exporting a model never holds
-//! more than one tensor in memory besides the current shard; [`ModelArtifact::load`] builds a burn
-//! [`Llama`] with the adapter attached (unmerged) for evaluation.
+//! The principal type is [`Adapter`]: the config as read or built, and the `A`/`B` matrices of each
+//! adapted projection on the host. [`Adapter::write`] writes the config verbatim, so an adapter lf
+//! trained is written byte for byte as training built it; [`Adapter::normalized`] makes every key
+//! explicit for adapters read from other tools.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use burn::module::Param;
@@ -15,235 +16,23 @@ use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
-use safetensors::SafeTensors;
-use safetensors::tensor::Dtype as StDtype;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
-use crate::model::config::ModelConfig;
-use crate::model::gguf::GgufFile;
-use crate::model::linear::{Linear, LoraAdapter};
-use crate::model::llama::TensorSource;
-use crate::model::load::{GgufSource, ModelFormat, SafetensorsSource};
-use crate::model::{Dtype, Llama, load_model};
+use crate::backend::Dtype;
+use crate::config::ModelConfig;
+use crate::linear::{LINEAR_MODULES, Linear, LoraAdapter, LoraConfig};
+use crate::llama::{Llama, hf_tensor_shapes};
+use crate::load::{SaveDtype, read_f32_tensors, write_safetensors};
 
-pub use crate::train::artifact::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX};
-/// The value head of a reward model, next to the weights (LLaMA-Factory's name).
-pub const VALUE_HEAD: &str = "value_head.safetensors";
-
-/// What kind of artifact a model came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// A Hugging Face folder.
-    Hf,
-    /// A GGUF file (dequantised to f32).
-    Gguf,
-    /// A LoRA adapter with its base.
-    Lora,
-}
-
-/// A model artifact, opened: where its parts are, its config and its adapter.
-#[derive(Debug)]
-pub struct ModelArtifact {
-    /// The artifact folder (or file) as given.
-    pub root: PathBuf,
-    /// What it is.
-    pub kind: SourceKind,
-    /// The base weights: a HF folder or a `.gguf` file.
-    pub base: ModelFormat,
-    /// The base model's config.
-    pub config: ModelConfig,
-    /// The raw `config.json` of the base, when it has one.
-    pub config_json: Option<Json>,
-    /// The LoRA adapter, for a LoRA artifact.
-    pub adapter: Option<Adapter>,
-    /// The folder holding the tokenizer files (`tokenizer.json` or the `.gguf`).
-    pub tokenizer_dir: PathBuf,
-    /// `value_head.safetensors`, when the model has one (reward models).
-    pub value_head: Option<PathBuf>,
-}
-
-fn has_tokenizer(dir: &Path) -> bool {
-    dir.join("tokenizer.json").is_file()
-        || std::fs::read_dir(dir).is_ok_and(|rd| {
-            rd.filter_map(Result::ok)
-                .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
-        })
-}
-
-impl ModelArtifact {
-    /// Opens `path`: a LoRA artifact if it holds `adapter_config.json`, else a HF folder, a `.gguf`
-    /// file, or a folder with one `.gguf` file.
-    pub fn open(path: &Path) -> anyhow::Result<ModelArtifact> {
-        let is_lora = path.is_dir() && path.join(ADAPTER_CONFIG).is_file();
-        let (kind, base_path, adapter) = if is_lora {
-            let base = path.join("base");
-            anyhow::ensure!(
-                base.is_dir(),
-                "`{}` holds a LoRA adapter but no `base/` folder with its base model",
-                path.display()
-            );
-            (SourceKind::Lora, base, Some(Adapter::read(path)?))
-        } else {
-            (SourceKind::Hf, path.to_path_buf(), None)
-        };
-        let base = ModelFormat::detect(&base_path)
-            .with_context(|| format!("`{}` is not a model", base_path.display()))?;
-        let kind = match (&base, kind) {
-            (ModelFormat::Gguf(_), SourceKind::Hf) => SourceKind::Gguf,
-            (_, k) => k,
-        };
-        let (config, config_json) = match &base {
-            ModelFormat::HfDir(dir) => {
-                let file = dir.join("config.json");
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("cannot read `{}`", file.display()))?;
-                let json: Json = serde_json::from_str(&text)
-                    .with_context(|| format!("cannot parse `{}`", file.display()))?;
-                (
-                    ModelConfig::from_hf_json(&json).map_err(|e| e.at(&file))?,
-                    Some(json),
-                )
-            }
-            ModelFormat::Gguf(file) => {
-                let gguf = GgufFile::open(file)?;
-                (ModelConfig::from_gguf(&gguf).map_err(|e| e.at(file))?, None)
-            }
-        };
-        if let Some(a) = &adapter {
-            a.check(&config)?;
-        }
-        let base_dir = match &base {
-            ModelFormat::HfDir(d) => d.clone(),
-            ModelFormat::Gguf(f) => f.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        };
-        let root_dir = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            base_dir.clone()
-        };
-        let tokenizer_dir = if has_tokenizer(&root_dir) {
-            root_dir.clone()
-        } else {
-            base_dir.clone()
-        };
-        let value_head = [root_dir.join(VALUE_HEAD), base_dir.join(VALUE_HEAD)]
-            .into_iter()
-            .find(|p| p.is_file());
-        Ok(ModelArtifact {
-            root: path.to_path_buf(),
-            kind,
-            base,
-            config,
-            config_json,
-            adapter,
-            tokenizer_dir,
-            value_head,
-        })
-    }
-
-    /// The folder of the base model (for `generation_config.json` and the tokenizer files).
-    pub fn base_dir(&self) -> PathBuf {
-        match &self.base {
-            ModelFormat::HfDir(d) => d.clone(),
-            ModelFormat::Gguf(f) => f.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        }
-    }
-
-    /// Visits every base tensor in [`hf_tensor_shapes`] order with its HF name, shape and f32 values,
-    /// the adapter (if any) merged in.
-    pub fn tensors(
-        &self,
-        mut visit: impl FnMut(&str, &[usize], Vec<f32>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let shapes = hf_tensor_shapes(&self.config);
-        let gguf;
-        let mut st;
-        let mut gs;
-        let src: &mut dyn TensorSource = match &self.base {
-            ModelFormat::HfDir(dir) => {
-                st = SafetensorsSource::open_dir(dir)?;
-                &mut st
-            }
-            ModelFormat::Gguf(file) => {
-                gguf = GgufFile::open(file)?;
-                gs = GgufSource::new(&gguf, &self.config);
-                &mut gs
-            }
-        };
-        for (name, shape) in &shapes {
-            let mut values = src
-                .tensor(name, shape)
-                .with_context(|| format!("cannot read `{name}` of `{}`", self.root.display()))?;
-            if let Some(adapter) = &self.adapter
-                && let Some(module) = name.strip_suffix(".weight")
-                && let Some(lora) = adapter.modules.get(module)
-            {
-                lora.merge_into(&mut values, shape, adapter.scale(lora.rank()));
-            }
-            visit(name, shape, values)?;
-        }
-        Ok(())
-    }
-
-    /// Loads the model on `device` in `dtype`, with the adapter attached beside the base weights
-    /// (not merged), as training left it.
-    pub fn load<B: Backend>(&self, device: &B::Device, dtype: Dtype) -> anyhow::Result<Llama<B>> {
-        let path = match &self.base {
-            ModelFormat::HfDir(d) => d.as_path(),
-            ModelFormat::Gguf(f) => f.as_path(),
-        };
-        let mut model = load_model::<B>(path, device, dtype)
-            .with_context(|| format!("cannot load the model in `{}`", path.display()))?
-            .model;
-        if let Some(adapter) = &self.adapter {
-            adapter.attach(&mut model, device, dtype)?;
-        }
-        Ok(model)
-    }
-}
-
-/// Every base tensor of a model with this config: its HF name and shape, in the order
-/// [`Llama::hf_tensors`] lists them.
-pub fn hf_tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let h = c.hidden_size;
-    let q = c.num_attention_heads * c.head_dim;
-    let kv = c.num_key_value_heads * c.head_dim;
-    let ff = c.intermediate_size;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let linears = [
-            ("self_attn.q_proj", q, h, c.qkv_bias),
-            ("self_attn.k_proj", kv, h, c.qkv_bias),
-            ("self_attn.v_proj", kv, h, c.qkv_bias),
-            ("self_attn.o_proj", h, q, c.o_bias),
-            ("mlp.gate_proj", ff, h, c.mlp_bias),
-            ("mlp.up_proj", ff, h, c.mlp_bias),
-            ("mlp.down_proj", h, ff, c.mlp_bias),
-        ];
-        for (name, o, inp, bias) in linears {
-            out.push((format!("{p}.{name}.weight"), vec![o, inp]));
-            if bias {
-                out.push((format!("{p}.{name}.bias"), vec![o]));
-            }
-        }
-        if c.qk_norm {
-            out.push((format!("{p}.self_attn.q_norm.weight"), vec![c.head_dim]));
-            out.push((format!("{p}.self_attn.k_norm.weight"), vec![c.head_dim]));
-        }
-        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
-    }
-    out
-}
+/// peft's adapter config file.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// peft's adapter weights file.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The prefix peft puts before the model's own parameter names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+/// The folder of an lf LoRA artifact that holds its base model (the adapter config's
+/// `base_model_name_or_path`).
+pub const BASE_DIR: &str = "base";
 
 /// The two matrices of one adapted projection.
 #[derive(Debug, Clone, PartialEq)]
@@ -303,44 +92,49 @@ pub struct Adapter {
     pub modules: BTreeMap<String, LoraPair>,
 }
 
-/// A named tensor on the host: name, shape, row-major f32 values.
-pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
-
-/// Reads every tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted), by name.
-pub fn read_f32_tensors(path: &Path) -> anyhow::Result<Vec<NamedTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("`{}` is not a safetensors file", path.display()))?;
-    let mut out = Vec::new();
-    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
-    names.sort();
-    for name in names {
-        let t = st.tensor(&name)?;
-        let raw = t.data();
-        let values: Vec<f32> = match t.dtype() {
-            StDtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StDtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StDtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => anyhow::bail!(
-                "`{}`: tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16",
-                path.display()
-            ),
-        };
-        out.push((name, t.shape().to_vec(), values));
-    }
-    Ok(out)
-}
-
 impl Adapter {
+    /// The adapters attached to `model`, with the PEFT config of `cfg` (targets in layer order, the
+    /// base at [`BASE_DIR`]), as training writes them.
+    pub fn from_model<B: Backend>(model: &Llama<B>, cfg: &LoraConfig) -> anyhow::Result<Adapter> {
+        let mut modules = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 2]> = BTreeMap::new();
+        for (name, t) in model.lora_tensors() {
+            let shape = t.dims().to_vec();
+            let values = t
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("cannot read the adapter `{name}`: {e:?}"))?;
+            let (module, which) = match name.strip_suffix(".lora_A.weight") {
+                Some(m) => (m, 0),
+                None => match name.strip_suffix(".lora_B.weight") {
+                    Some(m) => (m, 1),
+                    None => anyhow::bail!("unexpected adapter tensor `{name}`"),
+                },
+            };
+            halves.entry(module.to_string()).or_default()[which] = Some((shape, values));
+        }
+        for (module, [a, b]) in halves {
+            let (Some((a_shape, a)), Some((b_shape, b))) = (a, b) else {
+                anyhow::bail!("the adapter of `{module}` lacks one of its matrices");
+            };
+            modules.insert(
+                module,
+                LoraPair {
+                    a,
+                    a_shape: [a_shape[0], a_shape[1]],
+                    b,
+                    b_shape: [b_shape[0], b_shape[1]],
+                },
+            );
+        }
+        Ok(Adapter {
+            config: peft_config(cfg),
+            alpha: cfg.alpha,
+            rslora: cfg.rslora,
+            modules,
+        })
+    }
     /// Reads `adapter_config.json` and `adapter_model.safetensors` from `dir`.
     pub fn read(dir: &Path) -> anyhow::Result<Adapter> {
         let cfg_path = dir.join(ADAPTER_CONFIG);
@@ -480,11 +274,9 @@ impl Adapter {
         Ok(())
     }
 
-    /// Writes the adapter in PEFT's layout into `dir`: `adapter_config.json` (the config read, with
-    /// `r`, `lora_alpha`, `target_modules` and `peft_type` made explicit) and
-    /// `adapter_model.safetensors` (f32, keys `base_model.model.<module>.lora_{A,B}.weight`).
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir)?;
+    /// The same adapter with `r`, `lora_alpha`, `target_modules`, `rank_pattern` and `peft_type`
+    /// made explicit in its config (for adapters other tools wrote, whose configs omit defaults).
+    pub fn normalized(&self) -> Adapter {
         let mut cfg = self.config.as_object().cloned().unwrap_or_default();
         let ranks: Vec<usize> = self.modules.values().map(LoraPair::rank).collect();
         let r = most_common(&ranks);
@@ -513,7 +305,17 @@ impl Adapter {
         cfg.insert("rank_pattern".into(), Json::Object(pattern));
         cfg.entry("alpha_pattern")
             .or_insert(Json::Object(Default::default()));
-        let text = serde_json::to_string_pretty(&Json::Object(cfg))?;
+        Adapter {
+            config: Json::Object(cfg),
+            ..self.clone()
+        }
+    }
+
+    /// Writes the adapter in PEFT's layout into `dir`: `adapter_config.json` (the config as it is)
+    /// and `adapter_model.safetensors` (f32, keys `base_model.model.<module>.lora_{A,B}.weight`).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let text = serde_json::to_string_pretty(&self.config)?;
         std::fs::write(dir.join(ADAPTER_CONFIG), text + "\n")?;
         let mut named = Vec::new();
         for (module, p) in &self.modules {
@@ -528,11 +330,7 @@ impl Adapter {
                 p.b_shape.to_vec(),
             ));
         }
-        crate::model::load::write_safetensors(
-            &dir.join(ADAPTER_WEIGHTS),
-            named,
-            crate::model::SaveDtype::F32,
-        )?;
+        write_safetensors(&dir.join(ADAPTER_WEIGHTS), named, SaveDtype::F32)?;
         Ok(())
     }
 
@@ -606,4 +404,36 @@ fn json_number(x: f64) -> Json {
     } else {
         Json::from(x)
     }
+}
+
+/// The short names of the projections `cfg` adapts, in layer order.
+pub fn adapted_modules(cfg: &LoraConfig) -> Vec<&'static str> {
+    LINEAR_MODULES
+        .iter()
+        .copied()
+        .filter(|m| cfg.targets(m))
+        .collect()
+}
+
+/// peft's `LoraConfig` JSON for an adapter lf trains with `cfg`.
+pub fn peft_config(cfg: &LoraConfig) -> Json {
+    json!({
+        "alpha_pattern": {},
+        "base_model_name_or_path": BASE_DIR,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "layers_to_transform": null,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": cfg.rank,
+        "rank_pattern": {},
+        "target_modules": adapted_modules(cfg),
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": cfg.rslora,
+    })
 }

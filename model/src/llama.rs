@@ -9,11 +9,11 @@ use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use super::config::ModelConfig;
-use super::error::{Error, Result};
-use super::linear::{Linear, LoraConfig};
-use super::ops;
-use super::rope::{Rope, apply_rotary};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::linear::{Linear, LoraConfig};
+use crate::ops;
+use crate::rope::{Rope, apply_rotary};
 
 /// Added to attention scores that must not be attended to (finite, so no NaN from `-inf - -inf`).
 const MASKED: f32 = -1.0e30;
@@ -819,4 +819,46 @@ impl<B: Backend> DecoderLayer<B> {
         take(&mut self.mlp.up_proj, "up_proj", &mut f);
         take(&mut self.mlp.down_proj, "down_proj", &mut f);
     }
+}
+
+/// Every base tensor of a model with this config: its HF name and shape, in the order
+/// [`Llama::hf_tensors`] lists them.
+pub fn hf_tensor_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let h = c.hidden_size;
+    let q = c.num_attention_heads * c.head_dim;
+    let kv = c.num_key_value_heads * c.head_dim;
+    let ff = c.intermediate_size;
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, h],
+    )];
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let linears = [
+            ("self_attn.q_proj", q, h, c.qkv_bias),
+            ("self_attn.k_proj", kv, h, c.qkv_bias),
+            ("self_attn.v_proj", kv, h, c.qkv_bias),
+            ("self_attn.o_proj", h, q, c.o_bias),
+            ("mlp.gate_proj", ff, h, c.mlp_bias),
+            ("mlp.up_proj", ff, h, c.mlp_bias),
+            ("mlp.down_proj", h, ff, c.mlp_bias),
+        ];
+        for (name, o, inp, bias) in linears {
+            out.push((format!("{p}.{name}.weight"), vec![o, inp]));
+            if bias {
+                out.push((format!("{p}.{name}.bias"), vec![o]));
+            }
+        }
+        if c.qk_norm {
+            out.push((format!("{p}.self_attn.q_norm.weight"), vec![c.head_dim]));
+            out.push((format!("{p}.self_attn.k_norm.weight"), vec![c.head_dim]));
+        }
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+    }
+    out
 }

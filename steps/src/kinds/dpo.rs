@@ -14,7 +14,8 @@ use lf_schemas::kinds::dataset::Stage;
 use lf_schemas::kinds::train::FinetuningType;
 
 use crate::train::pref::PrefConfig;
-use crate::train::{ModelSource, check, run};
+use crate::train::{check, run};
+use lf_model::ModelArtifact;
 
 /// The `dpo` step kind.
 pub struct Dpo;
@@ -53,7 +54,7 @@ impl Step for Dpo {
 
     fn run(&self, p: &DpoParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {
         let ref_model = match (&p.ref_model, p.pref_loss.needs_reference()) {
-            (Some(_), true) => Some(ModelSource::detect(cx.input("ref_model")?)?),
+            (Some(_), true) => Some(ModelArtifact::open(cx.input("ref_model")?)?),
             _ => None,
         };
         let task = run::Task::Dpo {

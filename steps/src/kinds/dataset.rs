@@ -78,7 +78,8 @@ impl Step for Dataset {
         }
         for (i, d) in p.datasets.iter().enumerate() {
             let at = || key("datasets").at(i);
-            if let Some(problem) = crate::template::check_source(at().then("source"), &d.source) {
+            if let Some(problem) = crate::data::render::check_source(at().then("source"), &d.source)
+            {
                 problems.push(problem);
             }
             if d.dataset_info.is_some() {
@@ -128,12 +129,7 @@ impl Step for Dataset {
         let Some(model) = inputs.get("model") else {
             return Vec::new();
         };
-        let has_gguf = || {
-            std::fs::read_dir(model).is_ok_and(|rd| {
-                rd.filter_map(Result::ok)
-                    .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
-            })
-        };
+        let has_gguf = || matches!(lf_model::load::find_gguf(model), Ok(Some(_)));
         if model.is_dir() && !model.join("tokenizer.json").is_file() && !has_gguf() {
             return vec![
                 Problem::new(

@@ -7,10 +7,10 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use super::error::Result;
-use super::gguf_tokenizer::TokenizerBundle;
-use super::llama::{ForwardInput, Llama, int_tensor};
-use super::rng::Rng;
+use crate::error::{Error, Result};
+use crate::gguf::tokenizer::TokenizerBundle;
+use crate::llama::{ForwardInput, Llama, int_tensor};
+use crate::rng::Rng;
 
 /// How the next token is chosen. `temperature == 0` means greedy (argmax).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -220,7 +220,7 @@ pub fn generate<B: Backend>(
         return Ok(out);
     }
     if let Some(p) = prompts.iter().position(Vec::is_empty) {
-        return Err(super::error::Error::config(format!("prompt {p} is empty")));
+        return Err(Error::config(format!("prompt {p} is empty")));
     }
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_len = *lens.iter().max().unwrap_or(&0);

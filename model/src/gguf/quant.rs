@@ -1,0 +1,300 @@
+//! The GGML block formats: dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (the
+//! layouts of ggml's `ggml-common.h` / `ggml-quants.c`), and encoding to the types lf writes.
+
+use std::fmt;
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+
+/// A GGML tensor type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 64-bit float.
+    F64,
+    /// 32 weights: f16 scale, 32 × 4-bit, offset 8.
+    Q4_0,
+    /// 32 weights: f16 scale and min, 32 × 4-bit.
+    Q4_1,
+    /// 32 weights, 5-bit (size known, not dequantised).
+    Q5_0,
+    /// 32 weights, 5-bit with min (size known, not dequantised).
+    Q5_1,
+    /// 32 weights: f16 scale, 32 × i8.
+    Q8_0,
+    /// 32 weights, 8-bit with sum (size known, not dequantised).
+    Q8_1,
+    /// k-quant 2-bit (size known, not dequantised).
+    Q2_K,
+    /// k-quant 3-bit (size known, not dequantised).
+    Q3_K,
+    /// k-quant 4-bit: 256 weights in 8 sub-blocks with 6-bit scales and mins.
+    Q4_K,
+    /// k-quant 5-bit (size known, not dequantised).
+    Q5_K,
+    /// k-quant 6-bit: 256 weights in 16 sub-blocks with i8 scales.
+    Q6_K,
+    /// k-quant 8-bit (size known, not dequantised).
+    Q8_K,
+    /// 8-bit integer.
+    I8,
+    /// 16-bit integer.
+    I16,
+    /// 32-bit integer.
+    I32,
+    /// 64-bit integer.
+    I64,
+}
+
+impl GgmlType {
+    /// From the id stored in the file.
+    pub fn from_id(id: u32) -> Option<Self> {
+        use GgmlType::*;
+        Some(match id {
+            0 => F32,
+            1 => F16,
+            2 => Q4_0,
+            3 => Q4_1,
+            6 => Q5_0,
+            7 => Q5_1,
+            8 => Q8_0,
+            9 => Q8_1,
+            10 => Q2_K,
+            11 => Q3_K,
+            12 => Q4_K,
+            13 => Q5_K,
+            14 => Q6_K,
+            15 => Q8_K,
+            24 => I8,
+            25 => I16,
+            26 => I32,
+            27 => I64,
+            28 => F64,
+            30 => BF16,
+            _ => return None,
+        })
+    }
+
+    /// The id stored in the file (the inverse of [`GgmlType::from_id`]).
+    pub fn id(self) -> u32 {
+        (0..=30)
+            .find(|&i| GgmlType::from_id(i) == Some(self))
+            .expect("every GgmlType has an id")
+    }
+
+    /// The bytes `n` elements of this type take (`n` a multiple of the block size).
+    pub fn byte_size(self, n: usize) -> u64 {
+        let (be, bb) = self.block();
+        n as u64 / be * bb
+    }
+
+    /// `(elements per block, bytes per block)`.
+    pub fn block(self) -> (u64, u64) {
+        use GgmlType::*;
+        match self {
+            F32 | I32 => (1, 4),
+            F16 | BF16 | I16 => (1, 2),
+            F64 | I64 => (1, 8),
+            I8 => (1, 1),
+            Q4_0 => (32, 18),
+            Q4_1 => (32, 20),
+            Q5_0 => (32, 22),
+            Q5_1 => (32, 24),
+            Q8_0 => (32, 34),
+            Q8_1 => (32, 36),
+            Q2_K => (256, 84),
+            Q3_K => (256, 110),
+            Q4_K => (256, 144),
+            Q5_K => (256, 176),
+            Q6_K => (256, 210),
+            Q8_K => (256, 292),
+        }
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// Dequantises `n` elements of type `ty` stored in `bytes` to f32.
+///
+/// `bytes` must hold exactly the `n / block_elems` blocks of the type.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let (be, bb) = ty.block();
+    let (be, bb) = (be as usize, bb as usize);
+    if !n.is_multiple_of(be) || bytes.len() != n / be * bb {
+        return Err(Error::gguf(format!(
+            "{ty}: {} bytes do not hold {n} elements",
+            bytes.len()
+        )));
+    }
+    let mut out = vec![0f32; n];
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
+                let d = f16_at(b, 0);
+                for (j, v) in y.iter_mut().enumerate() {
+                    *v = (b[2 + j] as i8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(18)) {
+                let d = f16_at(b, 0);
+                let qs = &b[2..18];
+                for j in 0..16 {
+                    y[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
+                    y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(20)) {
+                let d = f16_at(b, 0);
+                let m = f16_at(b, 2);
+                let qs = &b[4..20];
+                for j in 0..16 {
+                    y[j] = (qs[j] & 0x0F) as f32 * d + m;
+                    y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlType::Q4_K => {
+            for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(144)) {
+                dequant_q4_k_block(b, y);
+            }
+        }
+        GgmlType::Q6_K => {
+            for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(210)) {
+                dequant_q6_k_block(b, y);
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "dequantising GGML type {other}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K block: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
+fn dequant_q4_k_block(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let dmin = f16_at(b, 2);
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    for chunk in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        let q = &qs[32 * chunk..32 * chunk + 32];
+        let out = &mut y[64 * chunk..64 * chunk + 64];
+        for l in 0..32 {
+            out[l] = d1 * (q[l] & 0x0F) as f32 - m1;
+            out[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+/// Q6_K block: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
+fn dequant_q6_k_block(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 208);
+    for half in 0..2 {
+        let ql = &b[64 * half..64 * half + 64];
+        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+        let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+        let out = &mut y[128 * half..128 * half + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            out[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            out[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            out[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            out[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+/// Quantises `x` (a multiple of 32 values) to ggml's Q8_0: per block of 32, `d = max|x| / 127` stored
+/// as f16 and `q = round(x / d)` as i8 (rounding half away from zero, as ggml's reference and gguf-py
+/// do).
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    assert!(x.len().is_multiple_of(32), "Q8_0 needs blocks of 32");
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for block in x.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        for &v in block {
+            out.push((v * id).round() as i8 as u8);
+        }
+    }
+    out
+}
+
+/// Encodes f32 values as `ty`.
+pub fn encode(values: &[f32], ty: GgmlType) -> Result<Vec<u8>> {
+    Ok(match ty {
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::Q8_0 => quantize_q8_0(values),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "writing GGUF tensors of type {other}"
+            )));
+        }
+    })
+}
