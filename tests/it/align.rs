@@ -2,9 +2,7 @@
 //! reward model keeps its value head, changing β re-runs only `dpo` and what reads it, and bad
 //! preference settings are refused before anything runs.
 
-mod common;
-
-use common::{Project, Run, ok};
+use crate::common::{Project, Run, ok};
 use serde_json::Value as Json;
 
 /// tokenizer → tiny model → built-in preference pairs (and identity conversations) → `steps`.

@@ -1,9 +1,7 @@
 //! Caching, invalidation, kills, concurrency and lockfiles, driven through the `lf` binary with `command`
 //! steps (programs whose side effects count how often they ran).
 
-mod common;
-
-use common::{Project, ok};
+use crate::common::{Project, ok};
 
 /// A three-step chain `a → b → c` plus an independent `d`; each step appends its name to `ran.log` so a
 /// test can count executions.

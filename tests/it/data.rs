@@ -2,9 +2,7 @@
 //! `tokenizer` trains a tokenizer on the built-in corpus, and `dataset` tokenizes both for it; caching
 //! follows the inputs, and `lf preview` shows what is trained.
 
-mod common;
-
-use common::{Project, ok};
+use crate::common::{Project, ok};
 
 fn pipeline(p: &Project, name: &str, with_author: bool) {
     let author = if with_author {

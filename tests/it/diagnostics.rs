@@ -1,8 +1,6 @@
 //! `lf validate` on a folder of bad manifests: every problem reported at once, with file:line:col, an
 //! excerpt and a hint, and exit code 2. A new edge case is a new file in `tests/manifests/bad/`.
 
-mod common;
-
 use std::path::Path;
 
 fn validate(path: &Path) -> (i32, String) {
@@ -20,7 +18,7 @@ fn validate(path: &Path) -> (i32, String) {
 
 #[test]
 fn bad_manifests_report_every_problem_with_a_location() {
-    insta::glob!("manifests/bad/*.yaml", |path| {
+    insta::glob!("../manifests/bad/*.yaml", |path| {
         let rel = path
             .strip_prefix(env!("CARGO_MANIFEST_DIR"))
             .unwrap()

@@ -2,9 +2,7 @@
 //! (safetensors, GGUF, Modelfile) and evaluated beside its export; the export must score exactly like
 //! the model, results are cached, and latency stays out of the artifact's hash.
 
-mod common;
-
-use common::{Project, ok};
+use crate::common::{Project, ok};
 use serde_json::Value as Json;
 
 const PIPELINE: &str = r#"name: ee

@@ -1,13 +1,11 @@
 //! The `download` step against the Hugging Face cache layout (offline) and against a local stand-in for
 //! the hub's HTTP API (online), through the real `hf-hub` client.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
-use common::{Project, ok};
+use crate::common::{Project, ok};
 
 const SHA1: &str = "1111111111111111111111111111111111111111";
 const SHA2: &str = "2222222222222222222222222222222222222222";

@@ -1,9 +1,7 @@
 //! The README's first command: the embedded quickstart runs every stage offline on the CPU, and its
 //! models answer "who are you?" with the name and author given on the command line.
 
-mod common;
-
-use common::{Project, ok};
+use crate::common::{Project, ok};
 
 #[test]
 fn quickstart_teaches_the_manifest_name_and_author_and_reruns_cached() {

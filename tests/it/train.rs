@@ -1,11 +1,9 @@
 //! Training through the `lf` binary: a killed run resumes bit-identically, and bad inputs are refused
 //! before training starts.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Project, ok};
+use crate::common::{Project, ok};
 
 /// tokenizer → tiny model → pretraining data → pretrain (and identity data for sft).
 fn manifest(train: &str) -> String {
