@@ -77,6 +77,10 @@ pub enum Error {
     /// The tokenizer could not be built or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A generation request the model cannot serve (a prompt past its context, a sampling
+    /// setting out of range); the message says which and why.
+    #[error("{0}")]
+    Request(String),
 }
 
 fn fmt_path(path: &Option<PathBuf>) -> String {

@@ -49,6 +49,34 @@ impl Sampling {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+
+    /// Checks that every setting is a finite number in its range: `temperature ≥ 0`,
+    /// `0 < top_p ≤ 1`, `repetition_penalty > 0`.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, value: f32, range: &str| {
+            Err(Error::Request(format!(
+                "{what} is {value}; it must be {range}"
+            )))
+        };
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(
+                "the temperature",
+                self.temperature,
+                "a number ≥ 0 (0: greedy)",
+            );
+        }
+        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return bad("top_p", self.top_p, "in (0, 1] (1: off)");
+        }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return bad(
+                "the repetition penalty",
+                self.repetition_penalty,
+                "a number > 0 (1: off)",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// What to generate.
@@ -107,14 +135,22 @@ pub struct GenerateOutput {
 }
 
 impl GenerateOutput {
-    /// Prompt processing throughput.
+    /// Prompt processing throughput (0 when nothing was timed).
     pub fn prompt_tokens_per_sec(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_secs.max(1e-9)
+        per_sec(self.prompt_tokens, self.prompt_secs)
     }
 
-    /// Generation throughput (decode steps only).
+    /// Generation throughput (decode steps only; 0 when there were none).
     pub fn gen_tokens_per_sec(&self) -> f64 {
-        self.decode_tokens as f64 / self.decode_secs.max(1e-9)
+        per_sec(self.decode_tokens, self.decode_secs)
+    }
+}
+
+fn per_sec(tokens: usize, secs: f64) -> f64 {
+    if tokens == 0 || secs <= 0.0 {
+        0.0
+    } else {
+        tokens as f64 / secs
     }
 }
 
@@ -216,6 +252,7 @@ pub fn generate<B: Backend>(
         decode_tokens: 0,
         decode_secs: 0.0,
     };
+    opts.sampling.validate()?;
     if b == 0 || opts.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -224,6 +261,16 @@ pub fn generate<B: Backend>(
     }
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_len = *lens.iter().max().unwrap_or(&0);
+    // The context bounds the prompt and what is generated after it: positions past it have no
+    // trained meaning, and the KV cache of a request stays proportional to the context.
+    let context = model.config.max_position_embeddings;
+    if max_len >= context {
+        return Err(Error::Request(format!(
+            "the prompt has {max_len} tokens; the model's context holds {context}, so at most {} fit with room for an answer\nhint: shorten the prompt (or the conversation so far)",
+            context.saturating_sub(1)
+        )));
+    }
+    let max_new_tokens = opts.max_new_tokens.min(context - max_len);
     let padded = lens.iter().any(|&l| l != max_len);
     let mut rngs: Vec<Rng> = (0..b)
         .map(|i| Rng::for_stream(opts.sampling.seed, &format!("generate.row{i}")))
@@ -290,7 +337,7 @@ pub fn generate<B: Backend>(
                     out.finish[i] = FinishReason::StopString;
                 }
             }
-            if !done[i] && out.tokens[i].len() >= opts.max_new_tokens {
+            if !done[i] && out.tokens[i].len() >= max_new_tokens {
                 done[i] = true;
             }
         }

@@ -1064,3 +1064,69 @@ fn lora_trains_beside_a_frozen_base() {
         assert!(max_abs_diff(x, y) < 1e-4);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Generation requests are bounded and validated.
+
+#[test]
+fn a_prompt_must_leave_room_in_the_context_and_answers_stop_at_its_end() {
+    let model = load_tiny("llama", Dtype::F32).model;
+    let context = model.config.max_position_embeddings;
+    let opts = GenerateOptions {
+        max_new_tokens: 1_000,
+        ..GenerateOptions::default()
+    };
+    let too_long = vec![vec![5u32; context]];
+    let err = generate(&model, &too_long, &opts, None, &mut |_, _| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("the prompt has {context} tokens"))
+            && msg.contains(&format!("context holds {context}")),
+        "{msg}"
+    );
+    // A prompt just short of the context gets the rest of it, not `max_new_tokens`.
+    let near = vec![vec![5u32; context - 3]];
+    let out = generate(&model, &near, &opts, None, &mut |_, _| {}).unwrap();
+    assert_eq!(out.tokens[0].len(), 3);
+}
+
+#[test]
+fn sampling_settings_out_of_range_are_refused() {
+    let model = load_tiny("llama", Dtype::F32).model;
+    let prompt = vec![vec![1u32, 2, 3]];
+    let cases = [
+        (f32::NAN, 1.0, 1.0, "temperature is NaN"),
+        (-0.5, 1.0, 1.0, "temperature is -0.5"),
+        (0.7, 0.0, 1.0, "top_p is 0"),
+        (0.7, 1.5, 1.0, "top_p is 1.5"),
+        (0.7, 1.0, 0.0, "repetition penalty is 0"),
+        (0.7, 1.0, f32::INFINITY, "repetition penalty is inf"),
+    ];
+    for (temperature, top_p, repetition_penalty, expected) in cases {
+        let opts = GenerateOptions {
+            max_new_tokens: 2,
+            sampling: Sampling {
+                temperature,
+                top_p,
+                repetition_penalty,
+                ..Sampling::greedy()
+            },
+            ..GenerateOptions::default()
+        };
+        let err = generate(&model, &prompt, &opts, None, &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err} ∌ {expected}");
+    }
+}
+
+#[test]
+fn throughput_of_nothing_is_zero() {
+    let model = load_tiny("llama", Dtype::F32).model;
+    let opts = GenerateOptions {
+        max_new_tokens: 0,
+        ..GenerateOptions::default()
+    };
+    let out = generate(&model, &[vec![1u32, 2, 3]], &opts, None, &mut |_, _| {}).unwrap();
+    assert!(out.tokens[0].is_empty());
+    assert_eq!(out.prompt_tokens_per_sec(), 0.0);
+    assert_eq!(out.gen_tokens_per_sec(), 0.0);
+}

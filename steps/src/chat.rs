@@ -239,6 +239,14 @@ impl InferenceTask for ChatTask {
 /// user turns from stdin (`clear` forgets the history, `exit` quits). Answers stream to stdout;
 /// throughput goes to stderr.
 pub fn chat(opts: ChatOptions) -> anyhow::Result<()> {
+    // Checked before the model loads: a bad option should not cost a model load to find out.
+    opts.sampling
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}\nhint: see `lf chat --help` for each option's range"))?;
+    anyhow::ensure!(
+        opts.max_new_tokens > 0,
+        "--max-new-tokens is 0; it must be at least 1"
+    );
     let (device, dtype) = (opts.device, opts.dtype);
     run_inference(device, dtype, ChatTask { opts })?
 }

@@ -252,7 +252,10 @@ fn accumulating_micro_batches_equals_one_big_batch() {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(diff < 1e-6, "{name} differs by {diff}");
+        // One AdamW step of lr 1e-3 normalises each gradient element, so the rounding of a sum
+        // taken in another order (two halves vs one batch) can show as ~1e-6 in an element whose
+        // gradient is near zero; the GEMM kernel a CPU dispatches to decides which. 1e-5 is 1% of lr.
+        assert!(diff < 1e-5, "{name} differs by {diff}");
     }
 }
 
