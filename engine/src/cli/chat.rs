@@ -1,0 +1,128 @@
+//! `lf chat`: chats with a model given as a path or as a step of a pipeline.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use lf_schemas::{Device, Dtype};
+
+use super::{App, Cli};
+use crate::diag::{self, SourceFile};
+use crate::pipeline;
+
+/// Arguments of `lf chat`.
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    /// A model folder or GGUF file, or the name of a step of `--file`'s pipeline.
+    #[arg(long)]
+    pub model: String,
+    /// The pipeline whose step `--model` names (default: the embedded quickstart).
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// Answer this prompt and exit.
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Penalty for repeating tokens (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device.
+    #[arg(long, value_enum, default_value_t = DeviceArgPub::Auto)]
+    pub device: DeviceArgPub,
+}
+
+/// `--device` of `lf chat`.
+#[derive(Clone, Copy, ValueEnum, Debug)]
+pub enum DeviceArgPub {
+    /// CUDA if available.
+    Auto,
+    /// CPU.
+    Cpu,
+    /// CUDA.
+    Cuda,
+}
+
+/// `lf chat`.
+pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
+    let model = resolve_model(app, cli, args)?;
+    let device = match args.device {
+        DeviceArgPub::Auto => Device::Auto,
+        DeviceArgPub::Cpu => Device::Cpu,
+        DeviceArgPub::Cuda => Device::Cuda,
+    };
+    let numerics = app
+        .extensions
+        .backends()
+        .resolve(device, Dtype::Auto)
+        .map_err(anyhow::Error::msg)?;
+    app.extensions.chat(&model, args, &numerics)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<PathBuf> {
+    let direct = PathBuf::from(&args.model);
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let text = match &args.file {
+        Some(f) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?
+        }
+        None => app.quickstart.to_string(),
+    };
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("quickstart.yaml"));
+    let pipeline =
+        pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|diags| {
+            let display = path.display().to_string();
+            let source = SourceFile {
+                path: &display,
+                text: &text,
+            };
+            eprint!("{}", diag::render(&diags, &source, false));
+            anyhow::anyhow!(
+                "`{display}` is not a valid manifest, so `--model` cannot name its steps"
+            )
+        })?;
+    if pipeline.index_of(&args.model).is_none() {
+        anyhow::bail!(
+            "`{}` is neither a file nor a step of `{}`\nhint: steps are {}",
+            args.model,
+            pipeline.name,
+            diag::list(pipeline.steps.iter().map(|s| s.name.as_str()))
+        );
+    }
+    let link = cli.runs_dir.join(&pipeline.name).join(&args.model);
+    if !link.exists() {
+        anyhow::bail!(
+            "step `{}` of `{}` has not produced an artifact yet\nhint: run `lf run {}` first",
+            args.model,
+            pipeline.name,
+            args.file
+                .as_ref()
+                .map_or(String::new(), |f| f.display().to_string())
+        );
+    }
+    Ok(link)
+}

@@ -1,0 +1,164 @@
+//! Loading a manifest for a command: reading it, applying `--var`, `--device` and `--dtype`, validating
+//! it and printing its diagnostics.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use lf_schemas::{Device, Dtype};
+use serde_json::Value as Json;
+
+use super::{App, Cli};
+use crate::diag::{self, SourceFile};
+use crate::lockfile::lock_path;
+use crate::pipeline::{self, Pipeline};
+use crate::plan::Plan;
+
+#[derive(Args, Clone)]
+pub(super) struct ManifestArgs {
+    /// The manifest (default: the embedded quickstart pipeline).
+    pub(super) file: Option<PathBuf>,
+    /// Override a variable: `--var name=Lumi` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub(super) vars: Vec<String>,
+    /// Override the manifest's device.
+    #[arg(long, value_enum)]
+    pub(super) device: Option<DeviceArg>,
+    /// Override the manifest's dtype.
+    #[arg(long, value_enum)]
+    pub(super) dtype: Option<DtypeArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(super) enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(super) enum DtypeArg {
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// Reads and validates the manifest, printing diagnostics; `Err` carries the exit code.
+pub(super) fn load(
+    app: &App,
+    args: &ManifestArgs,
+    color: bool,
+    json: bool,
+) -> Result<Pipeline, ExitCode> {
+    let (path, text) = match &args.file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => (path.clone(), text),
+            Err(e) => {
+                eprintln!("error: cannot read `{}`: {e}", path.display());
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => (PathBuf::from("quickstart.yaml"), app.quickstart.to_string()),
+    };
+    let mut overrides = BTreeMap::new();
+    for var in &args.vars {
+        let Some((name, value)) = var.split_once('=') else {
+            eprintln!("error: `--var {var}` must be NAME=VALUE");
+            return Err(ExitCode::from(2));
+        };
+        let node = crate::yaml::parse(value).ok();
+        let value = node.map_or(Json::String(value.into()), |n| n.to_json());
+        overrides.insert(name.to_string(), value);
+    }
+    let display = path.display().to_string();
+    let source = SourceFile {
+        path: &display,
+        text: &text,
+    };
+    match pipeline::load(&path, &text, &app.registry, &overrides) {
+        Ok(mut p) => {
+            if let Some(d) = args.device {
+                p.device = match d {
+                    DeviceArg::Auto => Device::Auto,
+                    DeviceArg::Cpu => Device::Cpu,
+                    DeviceArg::Cuda => Device::Cuda,
+                };
+            }
+            if let Some(d) = args.dtype {
+                p.dtype = match d {
+                    DtypeArg::Auto => Dtype::Auto,
+                    DtypeArg::F32 => Dtype::F32,
+                    DtypeArg::Bf16 => Dtype::Bf16,
+                };
+            }
+            if !p.warnings.is_empty() && !json {
+                eprint!("{}", diag::render(&p.warnings, &source, color));
+            }
+            diag::locate(&mut p.warnings, &source);
+            Ok(p)
+        }
+        Err(mut diags) => {
+            if json {
+                diag::locate(&mut diags, &source);
+                println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+            } else {
+                eprint!("{}", diag::render(&diags, &source, color));
+                let errors = diags
+                    .iter()
+                    .filter(|d| d.severity == diag::Severity::Error)
+                    .count();
+                eprintln!(
+                    "error: `{display}` has {errors} problem{}",
+                    if errors == 1 { "" } else { "s" }
+                );
+            }
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
+/// another model, ...), like validation errors: before anything runs, exit code 2.
+pub(super) fn report_plan_problems(
+    app: &App,
+    args: &ManifestArgs,
+    pipeline: &Pipeline,
+    plan: &Plan,
+    color: bool,
+    json: bool,
+) -> Option<ExitCode> {
+    let mut diags = plan.diagnostics(pipeline);
+    if diags.is_empty() {
+        return None;
+    }
+    let text = match &args.file {
+        Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        None => app.quickstart.to_string(),
+    };
+    let display = pipeline.path.display().to_string();
+    let source = SourceFile {
+        path: &display,
+        text: &text,
+    };
+    if json {
+        diag::locate(&mut diags, &source);
+        println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+    } else {
+        eprint!("{}", diag::render(&diags, &source, color));
+        eprintln!(
+            "error: the inputs of `{display}`'s steps have {} problem{}; nothing ran",
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        );
+    }
+    Some(ExitCode::from(2))
+}
+
+/// Where the lockfile of the pipeline lives (embedded pipelines keep theirs under the runs folder).
+pub(super) fn lockfile_path(cli: &Cli, pipeline: &Pipeline, args: &ManifestArgs) -> PathBuf {
+    match &args.file {
+        Some(file) => lock_path(file),
+        None => cli.runs_dir.join(format!("{}.lock", pipeline.name)),
+    }
+}
