@@ -1,7 +1,7 @@
 //! `lf cache ls|verify|gc`: inspects and cleans the artifact store.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -123,12 +123,7 @@ pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<ExitCode> {
             dry_run,
         } => {
             let mut keep: HashSet<Hash> = HashSet::new();
-            let registry = store.root().join("lockfiles.json");
-            let locks: Vec<PathBuf> = std::fs::read(&registry)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            for path in &locks {
+            for path in &store.lockfiles() {
                 if let Ok(Some(lock)) = Lockfile::read(path) {
                     keep.extend(lock.steps.values().map(|s| s.output));
                 }

@@ -4,11 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use lf_schemas::{Device, Dtype};
 
-use super::{App, Cli};
+use super::{App, Cli, manifest};
 use crate::diag::{self, SourceFile};
 use crate::pipeline;
 
@@ -83,16 +82,7 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<PathBu
     if direct.exists() {
         return Ok(direct);
     }
-    let text = match &args.file {
-        Some(f) => {
-            std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?
-        }
-        None => app.quickstart.to_string(),
-    };
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("quickstart.yaml"));
+    let (path, text) = manifest::read(app, args.file.as_deref())?;
     let pipeline =
         pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|diags| {
             let display = path.display().to_string();

@@ -2,9 +2,10 @@
 //! it and printing its diagnostics.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use lf_schemas::{Device, Dtype};
 use serde_json::Value as Json;
@@ -44,22 +45,43 @@ pub(super) enum DtypeArg {
     Bf16,
 }
 
+/// A manifest as a command loaded it: the validated pipeline and the text it was read from, read once
+/// and kept to locate problems found later.
+pub(super) struct Loaded {
+    /// The validated pipeline, with `--device` and `--dtype` applied.
+    pub(super) pipeline: Pipeline,
+    /// The manifest given on the command line; `None` for the embedded quickstart.
+    file: Option<PathBuf>,
+    /// The manifest's text.
+    text: String,
+}
+
+/// Reads the manifest given on the command line, or takes the embedded quickstart: the path messages show,
+/// and the text.
+pub(super) fn read(app: &App, file: Option<&Path>) -> anyhow::Result<(PathBuf, String)> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            Ok((path.to_path_buf(), text))
+        }
+        None => Ok((PathBuf::from("quickstart.yaml"), app.quickstart.to_string())),
+    }
+}
+
 /// Reads and validates the manifest, printing diagnostics; `Err` carries the exit code.
 pub(super) fn load(
     app: &App,
     args: &ManifestArgs,
     color: bool,
     json: bool,
-) -> Result<Pipeline, ExitCode> {
-    let (path, text) = match &args.file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => (path.clone(), text),
-            Err(e) => {
-                eprintln!("error: cannot read `{}`: {e}", path.display());
-                return Err(ExitCode::from(2));
-            }
-        },
-        None => (PathBuf::from("quickstart.yaml"), app.quickstart.to_string()),
+) -> Result<Loaded, ExitCode> {
+    let (path, text) = match read(app, args.file.as_deref()) {
+        Ok(read) => read,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Err(ExitCode::from(2));
+        }
     };
     let mut overrides = BTreeMap::new();
     for var in &args.vars {
@@ -96,7 +118,11 @@ pub(super) fn load(
                 eprint!("{}", diag::render(&p.warnings, &source, color));
             }
             diag::locate(&mut p.warnings, &source);
-            Ok(p)
+            Ok(Loaded {
+                pipeline: p,
+                file: args.file.clone(),
+                text,
+            })
         }
         Err(mut diags) => {
             if json {
@@ -118,47 +144,43 @@ pub(super) fn load(
     }
 }
 
-/// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
-/// another model, ...), like validation errors: before anything runs, exit code 2.
-pub(super) fn report_plan_problems(
-    app: &App,
-    args: &ManifestArgs,
-    pipeline: &Pipeline,
-    plan: &Plan,
-    color: bool,
-    json: bool,
-) -> Option<ExitCode> {
-    let mut diags = plan.diagnostics(pipeline);
-    if diags.is_empty() {
-        return None;
+impl Loaded {
+    /// Where the pipeline's lockfile lives (embedded pipelines keep theirs under the runs folder).
+    pub(super) fn lockfile_path(&self, cli: &Cli) -> PathBuf {
+        match &self.file {
+            Some(file) => lock_path(file),
+            None => cli.runs_dir.join(format!("{}.lock", self.pipeline.name)),
+        }
     }
-    let text = match &args.file {
-        Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
-        None => app.quickstart.to_string(),
-    };
-    let display = pipeline.path.display().to_string();
-    let source = SourceFile {
-        path: &display,
-        text: &text,
-    };
-    if json {
-        diag::locate(&mut diags, &source);
-        println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
-    } else {
-        eprint!("{}", diag::render(&diags, &source, color));
-        eprintln!(
-            "error: the inputs of `{display}`'s steps have {} problem{}; nothing ran",
-            diags.len(),
-            if diags.len() == 1 { "" } else { "s" }
-        );
-    }
-    Some(ExitCode::from(2))
-}
 
-/// Where the lockfile of the pipeline lives (embedded pipelines keep theirs under the runs folder).
-pub(super) fn lockfile_path(cli: &Cli, pipeline: &Pipeline, args: &ManifestArgs) -> PathBuf {
-    match &args.file {
-        Some(file) => lock_path(file),
-        None => cli.runs_dir.join(format!("{}.lock", pipeline.name)),
+    /// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
+    /// another model, ...), like validation errors: before anything runs, exit code 2.
+    pub(super) fn report_plan_problems(
+        &self,
+        plan: &Plan,
+        color: bool,
+        json: bool,
+    ) -> Option<ExitCode> {
+        let mut diags = plan.diagnostics(&self.pipeline);
+        if diags.is_empty() {
+            return None;
+        }
+        let display = self.pipeline.path.display().to_string();
+        let source = SourceFile {
+            path: &display,
+            text: &self.text,
+        };
+        if json {
+            diag::locate(&mut diags, &source);
+            println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+        } else {
+            eprint!("{}", diag::render(&diags, &source, color));
+            eprintln!(
+                "error: the inputs of `{display}`'s steps have {} problem{}; nothing ran",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
+        }
+        Some(ExitCode::from(2))
     }
 }

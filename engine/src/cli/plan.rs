@@ -8,7 +8,7 @@ use clap::Args;
 use lf_cache::Store;
 use serde_json::Value as Json;
 
-use super::manifest::{ManifestArgs, load, lockfile_path, report_plan_problems};
+use super::manifest::{ManifestArgs, load};
 use super::{App, Cli, offline, open_store};
 use crate::diag;
 use crate::lockfile::Lockfile;
@@ -34,18 +34,17 @@ pub(super) struct PlanArgs {
 
 /// `lf plan`.
 pub(super) fn plan(app: &App, cli: &Cli, args: &PlanArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let pipeline = match load(app, &args.manifest, color, args.json) {
-        Ok(p) => p,
+    let manifest = match load(app, &args.manifest, color, args.json) {
+        Ok(m) => m,
         Err(code) => return Ok(code),
     };
     let store = open_store(cli)?;
-    let (numerics, plan) = make_plan(app, cli, &pipeline, &store, args)?;
-    if let Some(code) =
-        report_plan_problems(app, &args.manifest, &pipeline, &plan, color, args.json)
-    {
+    let lock = Lockfile::read(&manifest.lockfile_path(cli))?;
+    let (numerics, plan) = make_plan(app, cli, &manifest.pipeline, &store, args, lock.as_ref())?;
+    if let Some(code) = manifest.report_plan_problems(&plan, color, args.json) {
         return Ok(code);
     }
-    print_plan(&pipeline, &plan, &numerics, args.json, cli.verbose)?;
+    print_plan(&manifest.pipeline, &plan, &numerics, args.json, cli.verbose)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -58,13 +57,14 @@ pub(super) fn plan_options(cli: &Cli, args: &PlanArgs) -> PlanOptions {
 }
 
 /// Resolves the numerics and plans the pipeline, after checking the step names given to `--force` and
-/// `--only`.
+/// `--only`; `lock` is the pipeline's lockfile, if it has one.
 pub(super) fn make_plan(
     app: &App,
     cli: &Cli,
     pipeline: &Pipeline,
     store: &Store,
     args: &PlanArgs,
+    lock: Option<&Lockfile>,
 ) -> anyhow::Result<(Numerics, Plan)> {
     for name in args.force.iter().chain(&args.only) {
         if pipeline.index_of(name).is_none() {
@@ -79,9 +79,8 @@ pub(super) fn make_plan(
         .backends()
         .resolve(pipeline.device, pipeline.dtype)
         .map_err(anyhow::Error::msg)?;
-    let lock = Lockfile::read(&lockfile_path(cli, pipeline, &args.manifest))?;
-    let previous = previous_keys(cli, pipeline, lock.as_ref());
-    let pins = lock.as_ref().map(Lockfile::pins).unwrap_or_default();
+    let previous = previous_keys(cli, pipeline, lock);
+    let pins = lock.map(Lockfile::pins).unwrap_or_default();
     let plan = plan::plan(
         pipeline,
         store,

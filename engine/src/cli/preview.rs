@@ -12,6 +12,7 @@ use super::plan::{PlanArgs, make_plan, plan_options};
 use super::run::print_summary;
 use super::{App, Cli, open_store};
 use crate::diag;
+use crate::lockfile::Lockfile;
 use crate::progress::Progress;
 use crate::run::{self, RunOptions};
 
@@ -39,10 +40,11 @@ pub(super) fn preview(
         device: None,
         dtype: None,
     };
-    let pipeline = match load(app, &manifest, color, false) {
-        Ok(p) => p,
+    let loaded = match load(app, &manifest, color, false) {
+        Ok(m) => m,
         Err(code) => return Ok(code),
     };
+    let pipeline = &loaded.pipeline;
     let Some(index) = pipeline.index_of(&args.step) else {
         eprintln!(
             "error: no step is named `{}`\nhint: steps are {}",
@@ -58,9 +60,10 @@ pub(super) fn preview(
         only: vec![args.step.clone()],
         json: false,
     };
-    let (_, plan) = make_plan(app, cli, &pipeline, &store, &plan_args)?;
+    let lock = Lockfile::read(&loaded.lockfile_path(cli))?;
+    let (_, plan) = make_plan(app, cli, pipeline, &store, &plan_args, lock.as_ref())?;
     let record = run::execute(
-        &pipeline,
+        pipeline,
         &store,
         &plan,
         &RunOptions {

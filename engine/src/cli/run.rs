@@ -1,19 +1,15 @@
 //! `lf run`: runs a pipeline, checks it against the lockfile (`--locked`) or updates the lockfile.
 
-use std::collections::BTreeSet;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use lf_cache::Store;
 use serde_json::Value as Json;
 
-use super::manifest::{load, lockfile_path, report_plan_problems};
+use super::manifest::load;
 use super::plan::{PlanArgs, make_plan, plan_options, previous_keys, print_plan};
 use super::{App, Cli, open_store};
 use crate::lockfile::Lockfile;
-use crate::plan;
 use crate::progress::Progress;
 use crate::record::{RunRecord, StepStatus};
 use crate::run::{self, RunOptions};
@@ -35,26 +31,20 @@ pub(super) struct RunArgs {
 
 /// `lf run`.
 pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let pipeline = match load(app, &args.plan.manifest, color, args.plan.json) {
-        Ok(p) => p,
+    let manifest = match load(app, &args.plan.manifest, color, args.plan.json) {
+        Ok(m) => m,
         Err(code) => return Ok(code),
     };
+    let pipeline = &manifest.pipeline;
     let store = open_store(cli)?;
-    let lock_file = lockfile_path(cli, &pipeline, &args.plan.manifest);
+    let lock_file = manifest.lockfile_path(cli);
     let lock = Lockfile::read(&lock_file)?;
-    let (numerics, plan) = make_plan(app, cli, &pipeline, &store, &args.plan)?;
-    if let Some(code) = report_plan_problems(
-        app,
-        &args.plan.manifest,
-        &pipeline,
-        &plan,
-        color,
-        args.plan.json,
-    ) {
+    let (numerics, plan) = make_plan(app, cli, pipeline, &store, &args.plan, lock.as_ref())?;
+    if let Some(code) = manifest.report_plan_problems(&plan, color, args.plan.json) {
         return Ok(code);
     }
     if args.dry_run {
-        print_plan(&pipeline, &plan, &numerics, args.plan.json, cli.verbose)?;
+        print_plan(pipeline, &plan, &numerics, args.plan.json, cli.verbose)?;
         return Ok(ExitCode::SUCCESS);
     }
     let locked = if args.locked {
@@ -65,52 +55,7 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
             );
             return Ok(ExitCode::from(1));
         };
-        let mut drift = Vec::new();
-        if lock.numerics != numerics {
-            drift.push(format!(
-                "numerics are {}/{}/{} but the lockfile has {}/{}/{}",
-                numerics.device,
-                numerics.dtype,
-                numerics.backend,
-                lock.numerics.device,
-                lock.numerics.dtype,
-                lock.numerics.backend
-            ));
-        }
-        for &i in &plan.order {
-            let step = &pipeline.steps[i];
-            let planned = plan.steps[i].as_ref().expect("planned");
-            match lock.steps.get(&step.name) {
-                None => drift.push(format!("step `{}` is not in the lockfile", step.name)),
-                Some(l) if l.pin != planned.pin => drift.push(format!(
-                    "step `{}`: remote input resolves to {} but the lockfile has {}",
-                    step.name,
-                    planned
-                        .pin
-                        .as_ref()
-                        .map_or("nothing".into(), Json::to_string),
-                    l.pin.as_ref().map_or("nothing".into(), Json::to_string)
-                )),
-                Some(l) => {
-                    if let Some(key) = &planned.key
-                        && key.hash != l.key
-                    {
-                        let why = store
-                            .record(&l.key)
-                            .map(|prev| {
-                                plan::explain(&prev.key_json, &key.json, &pipeline, i).join("; ")
-                            })
-                            .unwrap_or_else(|| {
-                                "parameters, inputs or the implementation differ".into()
-                            });
-                        drift.push(format!(
-                            "step `{}`: cache key differs from the lockfile: {why}",
-                            step.name
-                        ));
-                    }
-                }
-            }
-        }
+        let drift = lock.drift(pipeline, &plan, &store);
         if !drift.is_empty() {
             eprintln!("error: the run differs from `{}`:", lock_file.display());
             for d in &drift {
@@ -124,9 +69,9 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
         None
     };
     let progress = Progress::new(!cli.quiet && std::io::stderr().is_terminal());
-    let previous = previous_keys(cli, &pipeline, lock.as_ref());
+    let previous = previous_keys(cli, pipeline, lock.as_ref());
     let record = run::execute(
-        &pipeline,
+        pipeline,
         &store,
         &plan,
         &RunOptions {
@@ -140,11 +85,12 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
         },
     )?;
     if locked.is_none() {
-        let updated = run::updated_lockfile(&pipeline, &plan, &record, &numerics, lock.as_ref());
+        let updated = run::updated_lockfile(pipeline, &plan, &record, &numerics, lock.as_ref());
         if lock.as_ref() != Some(&updated) {
             updated.write(&lock_file)?;
         }
-        register_lockfile(&store, &lock_file);
+        // Best effort: if the store cannot record it, `lf cache gc` merely keeps fewer artifacts.
+        let _ = store.register_lockfile(&lock_file);
     }
     if args.plan.json {
         println!("{}", serde_json::to_string_pretty(&record)?);
@@ -155,22 +101,6 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
     } else {
         ExitCode::from(1)
     })
-}
-
-/// Remembers a lockfile's location so `lf cache gc` keeps what it references.
-fn register_lockfile(store: &Store, lock: &Path) {
-    let registry = store.root().join("lockfiles.json");
-    let mut paths: BTreeSet<PathBuf> = std::fs::read(&registry)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let abs = std::path::absolute(lock).unwrap_or_else(|_| lock.to_path_buf());
-    if paths.insert(abs) {
-        let _ = lf_cache::write_atomic(
-            &registry,
-            &serde_json::to_vec_pretty(&paths).unwrap_or_default(),
-        );
-    }
 }
 
 /// Prints the run's table of steps and its one-line outcome on stderr.

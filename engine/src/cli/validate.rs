@@ -28,11 +28,12 @@ pub(super) fn validate(app: &App, args: &ValidateArgs, color: bool) -> anyhow::R
         dtype: None,
     };
     match load(app, &manifest, color, args.json) {
-        Ok(p) => {
+        Ok(m) => {
+            let p = &m.pipeline;
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "diagnostics": warnings_json(&p)})
+                    serde_json::json!({"ok": true, "diagnostics": warnings_json(p)})
                 );
             } else {
                 eprintln!("{}: ok ({} steps)", p.path.display(), p.steps.len());
