@@ -2,12 +2,12 @@
 //! parts.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 
 use super::App;
 use super::chat::DeviceArgPub;
+use super::exit::{self, Exit, Failure};
 use crate::diag;
 
 /// Arguments of `lf bench`.
@@ -27,7 +27,7 @@ pub struct BenchArgs {
 }
 
 /// `lf bench`.
-pub(super) fn bench(app: &App, args: &BenchArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn bench(app: &App, args: &BenchArgs) -> exit::Result {
     let result = match args.name.as_str() {
         "engine" => crate::bench::engine(args.size.unwrap_or(10) as usize)?,
         "hash" => crate::bench::hash(args.size.unwrap_or(1024))?,
@@ -36,14 +36,13 @@ pub(super) fn bench(app: &App, args: &BenchArgs) -> anyhow::Result<ExitCode> {
             None => {
                 let mut names = vec!["engine", "hash"];
                 names.extend(app.extensions.bench_names());
-                eprintln!(
-                    "error: unknown benchmark `{name}`\nhint: benchmarks are {}",
+                return Err(Failure::usage(format_args!(
+                    "unknown benchmark `{name}`\nhint: benchmarks are {}",
                     diag::list(names)
-                );
-                return Ok(ExitCode::from(2));
+                )));
             }
         },
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }

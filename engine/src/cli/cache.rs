@@ -2,14 +2,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use std::process::ExitCode;
-
 use clap::Subcommand;
 use lf_cache::Hash;
 use serde_json::Value as Json;
 
-use super::Cli;
-use super::open_store;
+use super::exit::{self, Exit};
+use super::{Cli, open_store};
 use crate::lockfile::Lockfile;
 use crate::record;
 
@@ -42,7 +40,7 @@ pub(super) enum CacheCommand {
 }
 
 /// `lf cache`.
-pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<ExitCode> {
+pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> exit::Result {
     let store = open_store(cli)?;
     match cmd {
         CacheCommand::Ls { json } => {
@@ -89,7 +87,7 @@ pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<ExitCode> {
                     human_bytes(total)
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok)
         }
         CacheCommand::Verify { repair } => {
             let report = store.verify(*repair)?;
@@ -112,9 +110,9 @@ pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(if report.corrupted.is_empty() || *repair {
-                ExitCode::SUCCESS
+                Exit::Ok
             } else {
-                ExitCode::from(1)
+                Exit::Failed
             })
         }
         CacheCommand::Gc {
@@ -155,7 +153,7 @@ pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> anyhow::Result<ExitCode> {
                 human_bytes(report.freed_bytes),
                 report.kept_objects
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Ok)
         }
     }
 }

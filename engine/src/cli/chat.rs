@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use lf_schemas::{Device, Dtype};
 
+use super::exit::{self, Exit, Failure};
 use super::{App, Cli, manifest};
 use crate::diag::{self, SourceFile};
 use crate::pipeline;
@@ -61,7 +61,7 @@ pub enum DeviceArgPub {
 }
 
 /// `lf chat`.
-pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result {
     let model = resolve_model(app, cli, args)?;
     let device = match args.device {
         DeviceArgPub::Auto => Device::Auto,
@@ -72,17 +72,21 @@ pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<Exit
         .extensions
         .backends()
         .resolve(device, Dtype::Auto)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(Failure::usage)?;
     app.extensions.chat(&model, args, &numerics)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
-fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<PathBuf> {
+/// The model `--model` names: a path, or the artifact of a step of `--file`'s pipeline. A manifest that
+/// cannot be read or is invalid, or a name that is neither, is a usage error; a step that has not run yet
+/// is a failure.
+fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result<PathBuf> {
     let direct = PathBuf::from(&args.model);
     if direct.exists() {
         return Ok(direct);
     }
-    let (path, text) = manifest::read(app, args.file.as_deref())?;
+    let (path, text) = manifest::read(app, args.file.as_deref())
+        .map_err(|e| Failure::usage(format_args!("{e:#}")))?;
     let pipeline =
         pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|diags| {
             let display = path.display().to_string();
@@ -91,28 +95,29 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> anyhow::Result<PathBu
                 text: &text,
             };
             eprint!("{}", diag::render(&diags, &source, false));
-            anyhow::anyhow!(
+            Failure::usage(format_args!(
                 "`{display}` is not a valid manifest, so `--model` cannot name its steps"
-            )
+            ))
         })?;
     if pipeline.index_of(&args.model).is_none() {
-        anyhow::bail!(
+        return Err(Failure::usage(format_args!(
             "`{}` is neither a file nor a step of `{}`\nhint: steps are {}",
             args.model,
             pipeline.name,
             diag::list(pipeline.steps.iter().map(|s| s.name.as_str()))
-        );
+        )));
     }
     let link = cli.runs_dir.join(&pipeline.name).join(&args.model);
     if !link.exists() {
-        anyhow::bail!(
+        return Err(anyhow::anyhow!(
             "step `{}` of `{}` has not produced an artifact yet\nhint: run `lf run {}` first",
             args.model,
             pipeline.name,
             args.file
                 .as_ref()
                 .map_or(String::new(), |f| f.display().to_string())
-        );
+        )
+        .into());
     }
     Ok(link)
 }

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use lf_schemas::{Device, Dtype};
 use serde_json::Value as Json;
 
+use super::exit::{self, Exit, Failure};
 use super::{App, Cli};
 use crate::diag::{self, SourceFile};
 use crate::lockfile::lock_path;
@@ -69,25 +69,23 @@ pub(super) fn read(app: &App, file: Option<&Path>) -> anyhow::Result<(PathBuf, S
     }
 }
 
-/// Reads and validates the manifest, printing diagnostics; `Err` carries the exit code.
+/// Reads and validates the manifest, printing its diagnostics; any problem is a usage error.
 pub(super) fn load(
     app: &App,
     args: &ManifestArgs,
     color: bool,
     json: bool,
-) -> Result<Loaded, ExitCode> {
+) -> exit::Result<Loaded> {
     let (path, text) = match read(app, args.file.as_deref()) {
         Ok(read) => read,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return Err(ExitCode::from(2));
-        }
+        Err(e) => return Err(Failure::usage(format_args!("{e:#}"))),
     };
     let mut overrides = BTreeMap::new();
     for var in &args.vars {
         let Some((name, value)) = var.split_once('=') else {
-            eprintln!("error: `--var {var}` must be NAME=VALUE");
-            return Err(ExitCode::from(2));
+            return Err(Failure::usage(format_args!(
+                "`--var {var}` must be NAME=VALUE"
+            )));
         };
         let node = crate::yaml::parse(value).ok();
         let value = node.map_or(Json::String(value.into()), |n| n.to_json());
@@ -139,7 +137,7 @@ pub(super) fn load(
                     if errors == 1 { "" } else { "s" }
                 );
             }
-            Err(ExitCode::from(2))
+            Err(Failure::reported(Exit::Usage))
         }
     }
 }
@@ -154,16 +152,11 @@ impl Loaded {
     }
 
     /// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
-    /// another model, ...), like validation errors: before anything runs, exit code 2.
-    pub(super) fn report_plan_problems(
-        &self,
-        plan: &Plan,
-        color: bool,
-        json: bool,
-    ) -> Option<ExitCode> {
+    /// another model, ...) like validation errors, as usage errors: before anything runs.
+    pub(super) fn check_plan(&self, plan: &Plan, color: bool, json: bool) -> exit::Result<()> {
         let mut diags = plan.diagnostics(&self.pipeline);
         if diags.is_empty() {
-            return None;
+            return Ok(());
         }
         let display = self.pipeline.path.display().to_string();
         let source = SourceFile {
@@ -181,6 +174,6 @@ impl Loaded {
                 if diags.len() == 1 { "" } else { "s" }
             );
         }
-        Some(ExitCode::from(2))
+        Err(Failure::reported(Exit::Usage))
     }
 }

@@ -2,11 +2,17 @@
 //! arguments shared by all of them, the [`Extensions`] the binary plugs in, and the dispatch.
 //!
 //! Only data goes to stdout (plans, JSON, schema, chat replies); progress, logs and diagnostics go to
-//! stderr. Exit codes: 0 success, 1 a step (or another operation) failed, 2 invalid manifest or usage.
+//! stderr.
+//!
+//! Every command returns an [`exit::Exit`] status, the same in all of them: 0 success; 1 a step or another
+//! operation failed at run time; 2 usage: an invalid manifest, a step or benchmark name that does not exist
+//! (`--only`, `--force`, `lf preview`, `lf chat --model`), bad argument values (`--var`, a device or dtype
+//! the binary cannot use). With 2, nothing ran.
 
 mod bench;
 mod cache;
 mod chat;
+mod exit;
 mod manifest;
 mod plan;
 mod preview;
@@ -31,6 +37,8 @@ use plan::PlanArgs;
 use preview::PreviewArgs;
 use run::RunArgs;
 use validate::ValidateArgs;
+
+use exit::Failure;
 
 use crate::numerics::{Backends, Numerics};
 use crate::step::Registry;
@@ -120,13 +128,7 @@ enum Command {
 pub fn main(app: App) -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, color_enabled(cli.color));
-    match dispatch(&app, &cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    dispatch(&app, &cli).unwrap_or_else(Failure::report).into()
 }
 
 fn color_enabled(choice: ColorChoice) -> bool {
@@ -164,7 +166,7 @@ fn offline(cli: &Cli) -> bool {
     cli.offline || truthy("LF_OFFLINE") || truthy("HF_HUB_OFFLINE")
 }
 
-fn dispatch(app: &App, cli: &Cli) -> anyhow::Result<ExitCode> {
+fn dispatch(app: &App, cli: &Cli) -> exit::Result {
     let color = color_enabled(cli.color);
     match &cli.command {
         Command::Schema => Ok(schema::schema(app)),
@@ -182,4 +184,124 @@ fn dispatch(app: &App, cli: &Cli) -> anyhow::Result<ExitCode> {
 fn open_store(cli: &Cli) -> anyhow::Result<Store> {
     Store::open(&cli.store)
         .with_context(|| format!("cannot open the store `{}`", cli.store.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use lf_schemas::kinds::CommandParams;
+
+    use super::exit::Exit;
+    use super::*;
+    use crate::step::{Step, StepContext};
+
+    /// A step kind whose runs fail, so `lf run` has something to fail at.
+    struct Failing;
+
+    impl Step for Failing {
+        type Params = CommandParams;
+        const KIND: &'static str = "command";
+        const VERSION: u32 = 1;
+        const ABOUT: &'static str = "fails";
+
+        fn run(&self, _: &CommandParams, _: &mut StepContext<'_>) -> anyhow::Result<()> {
+            anyhow::bail!("this step always fails")
+        }
+    }
+
+    /// A binary without ML commands or CUDA.
+    struct NoMl;
+
+    impl Extensions for NoMl {
+        fn backends(&self) -> Backends {
+            Backends {
+                cuda_compiled: false,
+                cuda_present: false,
+            }
+        }
+        fn chat(&self, _: &Path, _: &ChatArgs, _: &Numerics) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn preview(&self, _: &str, _: &Path, _: usize) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn bench(&self, _: &str, _: &BenchArgs) -> Option<anyhow::Result<Json>> {
+            None
+        }
+        fn bench_names(&self) -> Vec<&'static str> {
+            Vec::new()
+        }
+    }
+
+    const MANIFEST: &str = "name: t\nsteps:\n  a:\n    kind: command\n    run: echo a\n";
+
+    /// Runs `lf ARGS` in-process, with a fresh store and runs folder, and `p.yaml` (the same pipeline as
+    /// the embedded one) in the current folder's place; returns the exit status.
+    fn lf(args: &[&str]) -> Exit {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, MANIFEST).unwrap();
+        let (store, runs) = (dir.path().join("store"), dir.path().join("runs"));
+        let mut argv = ["lf", "--quiet", "--offline", "--store"]
+            .map(String::from)
+            .to_vec();
+        argv.push(store.display().to_string());
+        argv.push("--runs-dir".into());
+        argv.push(runs.display().to_string());
+        argv.extend(
+            args.iter()
+                .map(|a| a.replace("p.yaml", &file.display().to_string())),
+        );
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let app = App {
+            registry: Registry::new(&[&Failing]),
+            quickstart: MANIFEST,
+            extensions: Box::new(NoMl),
+        };
+        dispatch(&app, &cli).unwrap_or_else(Failure::report)
+    }
+
+    #[test]
+    fn success_is_0() {
+        assert_eq!(lf(&["plan"]), Exit::Ok);
+        assert_eq!(lf(&["validate", "p.yaml"]), Exit::Ok);
+        assert_eq!(lf(&["run", "--dry-run", "--only", "a"]), Exit::Ok);
+        assert_eq!(lf(&["cache", "verify"]), Exit::Ok);
+    }
+
+    #[test]
+    fn unknown_names_on_the_command_line_are_usage_errors() {
+        for args in [
+            &["plan", "--only", "nope"][..],
+            &["plan", "--force", "nope"],
+            &["run", "--only", "nope"],
+            &["run", "p.yaml", "--force", "nope"],
+            &["preview", "p.yaml", "nope"],
+            &["chat", "--model", "nope"],
+            &["bench", "nope"],
+        ] {
+            assert_eq!(lf(args), Exit::Usage, "lf {}", args.join(" "));
+        }
+    }
+
+    #[test]
+    fn bad_manifests_and_argument_values_are_usage_errors() {
+        for args in [
+            &["validate", "missing.yaml"][..],
+            &["plan", "missing.yaml"],
+            &["chat", "--model", "a", "-f", "missing.yaml"],
+            &["run", "--var", "no-equals-sign"],
+            &["plan", "--device", "cuda"],
+            &["plan", "--device", "cpu", "--dtype", "bf16"],
+            &["chat", "--model", "p.yaml", "--device", "cuda"],
+        ] {
+            assert_eq!(lf(args), Exit::Usage, "lf {}", args.join(" "));
+        }
+    }
+
+    #[test]
+    fn runtime_failures_are_1() {
+        assert_eq!(lf(&["run"]), Exit::Failed);
+        assert_eq!(lf(&["run", "--locked"]), Exit::Failed);
+        assert_eq!(lf(&["chat", "--model", "a"]), Exit::Failed);
+    }
 }

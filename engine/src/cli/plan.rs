@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::process::ExitCode;
 
 use clap::Args;
 use lf_cache::Store;
 use serde_json::Value as Json;
 
+use super::exit::{self, Exit, Failure};
 use super::manifest::{ManifestArgs, load};
 use super::{App, Cli, offline, open_store};
 use crate::diag;
@@ -33,19 +33,14 @@ pub(super) struct PlanArgs {
 }
 
 /// `lf plan`.
-pub(super) fn plan(app: &App, cli: &Cli, args: &PlanArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let manifest = match load(app, &args.manifest, color, args.json) {
-        Ok(m) => m,
-        Err(code) => return Ok(code),
-    };
+pub(super) fn plan(app: &App, cli: &Cli, args: &PlanArgs, color: bool) -> exit::Result {
+    let manifest = load(app, &args.manifest, color, args.json)?;
     let store = open_store(cli)?;
     let lock = Lockfile::read(&manifest.lockfile_path(cli))?;
     let (numerics, plan) = make_plan(app, cli, &manifest.pipeline, &store, args, lock.as_ref())?;
-    if let Some(code) = manifest.report_plan_problems(&plan, color, args.json) {
-        return Ok(code);
-    }
+    manifest.check_plan(&plan, color, args.json)?;
     print_plan(&manifest.pipeline, &plan, &numerics, args.json, cli.verbose)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 pub(super) fn plan_options(cli: &Cli, args: &PlanArgs) -> PlanOptions {
@@ -57,7 +52,8 @@ pub(super) fn plan_options(cli: &Cli, args: &PlanArgs) -> PlanOptions {
 }
 
 /// Resolves the numerics and plans the pipeline, after checking the step names given to `--force` and
-/// `--only`; `lock` is the pipeline's lockfile, if it has one.
+/// `--only`; `lock` is the pipeline's lockfile, if it has one. An unknown step name, or a device or dtype
+/// this binary cannot use, is a usage error.
 pub(super) fn make_plan(
     app: &App,
     cli: &Cli,
@@ -65,20 +61,20 @@ pub(super) fn make_plan(
     store: &Store,
     args: &PlanArgs,
     lock: Option<&Lockfile>,
-) -> anyhow::Result<(Numerics, Plan)> {
+) -> exit::Result<(Numerics, Plan)> {
     for name in args.force.iter().chain(&args.only) {
         if pipeline.index_of(name).is_none() {
-            anyhow::bail!(
+            return Err(Failure::usage(format_args!(
                 "no step is named `{name}`\nhint: steps are {}",
                 diag::list(pipeline.steps.iter().map(|s| s.name.as_str()))
-            );
+            )));
         }
     }
     let numerics = app
         .extensions
         .backends()
         .resolve(pipeline.device, pipeline.dtype)
-        .map_err(anyhow::Error::msg)?;
+        .map_err(Failure::usage)?;
     let previous = previous_keys(cli, pipeline, lock);
     let pins = lock.map(Lockfile::pins).unwrap_or_default();
     let plan = plan::plan(

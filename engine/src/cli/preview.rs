@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 
+use super::exit::{self, Exit, Failure};
 use super::manifest::{ManifestArgs, load};
 use super::plan::{PlanArgs, make_plan, plan_options};
 use super::run::print_summary;
@@ -28,30 +28,21 @@ pub(super) struct PreviewArgs {
 }
 
 /// `lf preview`.
-pub(super) fn preview(
-    app: &App,
-    cli: &Cli,
-    args: &PreviewArgs,
-    color: bool,
-) -> anyhow::Result<ExitCode> {
+pub(super) fn preview(app: &App, cli: &Cli, args: &PreviewArgs, color: bool) -> exit::Result {
     let manifest = ManifestArgs {
         file: Some(args.file.clone()),
         vars: Vec::new(),
         device: None,
         dtype: None,
     };
-    let loaded = match load(app, &manifest, color, false) {
-        Ok(m) => m,
-        Err(code) => return Ok(code),
-    };
+    let loaded = load(app, &manifest, color, false)?;
     let pipeline = &loaded.pipeline;
     let Some(index) = pipeline.index_of(&args.step) else {
-        eprintln!(
-            "error: no step is named `{}`\nhint: steps are {}",
+        return Err(Failure::usage(format_args!(
+            "no step is named `{}`\nhint: steps are {}",
             args.step,
             diag::list(pipeline.steps.iter().map(|s| s.name.as_str()))
-        );
-        return Ok(ExitCode::from(2));
+        )));
     };
     let store = open_store(cli)?;
     let plan_args = PlanArgs {
@@ -79,12 +70,12 @@ pub(super) fn preview(
     let step = record.steps.iter().find(|s| s.name == args.step);
     let Some(artifact) = step.and_then(|s| s.artifact) else {
         print_summary(&record);
-        return Ok(ExitCode::from(1));
+        return Ok(Exit::Failed);
     };
     app.extensions.preview(
         pipeline.steps[index].kind.kind(),
         &store.object_path(&artifact),
         args.rows,
     )?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }

@@ -1,11 +1,11 @@
 //! `lf run`: runs a pipeline, checks it against the lockfile (`--locked`) or updates the lockfile.
 
 use std::io::{IsTerminal, Write};
-use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::Value as Json;
 
+use super::exit::{self, Exit};
 use super::manifest::load;
 use super::plan::{PlanArgs, make_plan, plan_options, previous_keys, print_plan};
 use super::{App, Cli, open_store};
@@ -30,22 +30,17 @@ pub(super) struct RunArgs {
 }
 
 /// `lf run`.
-pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::Result<ExitCode> {
-    let manifest = match load(app, &args.plan.manifest, color, args.plan.json) {
-        Ok(m) => m,
-        Err(code) => return Ok(code),
-    };
+pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> exit::Result {
+    let manifest = load(app, &args.plan.manifest, color, args.plan.json)?;
     let pipeline = &manifest.pipeline;
     let store = open_store(cli)?;
     let lock_file = manifest.lockfile_path(cli);
     let lock = Lockfile::read(&lock_file)?;
     let (numerics, plan) = make_plan(app, cli, pipeline, &store, &args.plan, lock.as_ref())?;
-    if let Some(code) = manifest.report_plan_problems(&plan, color, args.plan.json) {
-        return Ok(code);
-    }
+    manifest.check_plan(&plan, color, args.plan.json)?;
     if args.dry_run {
         print_plan(pipeline, &plan, &numerics, args.plan.json, cli.verbose)?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Exit::Ok);
     }
     let locked = if args.locked {
         let Some(lock) = lock.clone() else {
@@ -53,7 +48,7 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
                 "error: `--locked` needs a lockfile, and `{}` does not exist\nhint: run once without `--locked` to write it",
                 lock_file.display()
             );
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Failed);
         };
         let drift = lock.drift(pipeline, &plan, &store);
         if !drift.is_empty() {
@@ -62,7 +57,7 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
                 eprintln!("  - {d}");
             }
             eprintln!("hint: run without `--locked` to update the lockfile");
-            return Ok(ExitCode::from(1));
+            return Ok(Exit::Failed);
         }
         Some(lock)
     } else {
@@ -96,11 +91,7 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> anyhow::
         println!("{}", serde_json::to_string_pretty(&record)?);
     }
     print_summary(&record);
-    Ok(if record.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if record.ok { Exit::Ok } else { Exit::Failed })
 }
 
 /// Prints the run's table of steps and its one-line outcome on stderr.

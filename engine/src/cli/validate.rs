@@ -1,12 +1,12 @@
 //! `lf validate`: checks a manifest and reports every problem.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 use serde_json::Value as Json;
 
 use super::App;
+use super::exit::{self, Exit};
 use super::manifest::{ManifestArgs, load};
 use crate::pipeline::Pipeline;
 
@@ -20,28 +20,23 @@ pub(super) struct ValidateArgs {
 }
 
 /// `lf validate`.
-pub(super) fn validate(app: &App, args: &ValidateArgs, color: bool) -> anyhow::Result<ExitCode> {
+pub(super) fn validate(app: &App, args: &ValidateArgs, color: bool) -> exit::Result {
     let manifest = ManifestArgs {
         file: args.file.clone(),
         vars: Vec::new(),
         device: None,
         dtype: None,
     };
-    match load(app, &manifest, color, args.json) {
-        Ok(m) => {
-            let p = &m.pipeline;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": true, "diagnostics": warnings_json(p)})
-                );
-            } else {
-                eprintln!("{}: ok ({} steps)", p.path.display(), p.steps.len());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(code) => Ok(code),
+    let p = load(app, &manifest, color, args.json)?.pipeline;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "diagnostics": warnings_json(&p)})
+        );
+    } else {
+        eprintln!("{}: ok ({} steps)", p.path.display(), p.steps.len());
     }
+    Ok(Exit::Ok)
 }
 
 fn warnings_json(p: &Pipeline) -> Json {
