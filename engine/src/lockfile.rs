@@ -143,6 +143,7 @@ impl Lockfile {
 #[cfg(test)]
 mod tests {
     use lf_schemas::kinds::CommandParams;
+    use lf_schemas::{Device, Dtype};
 
     use super::*;
     use crate::plan::{self, PlanOptions};
@@ -164,8 +165,8 @@ mod tests {
 
     fn cpu() -> Numerics {
         Numerics {
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: Device::Cpu,
+            dtype: Dtype::F32,
             backend: "flex".into(),
         }
     }
@@ -224,8 +225,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (pipeline, plan, mut lock) = planned(&store);
         lock.numerics = Numerics {
-            device: "cuda".into(),
-            dtype: "bf16".into(),
+            device: Device::Cuda,
+            dtype: Dtype::Bf16,
             backend: "cuda".into(),
         };
         lock.steps.get_mut("a").unwrap().key = Hash::of_bytes(b"other");
@@ -300,8 +301,8 @@ mod tests {
             version: LOCK_VERSION,
             pipeline: "p".into(),
             numerics: Numerics {
-                device: "cpu".into(),
-                dtype: "f32".into(),
+                device: Device::Cpu,
+                dtype: Dtype::F32,
                 backend: "flex".into(),
             },
             steps: [(

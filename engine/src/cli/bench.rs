@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use lf_schemas::Device;
 
 use super::App;
-use super::chat::DeviceArgPub;
 use super::exit::{self, Exit, Failure};
 use crate::diag;
 
@@ -22,8 +22,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Device for model benchmarks.
-    #[arg(long, value_enum, default_value_t = DeviceArgPub::Auto)]
-    pub device: DeviceArgPub,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 }
 
 /// `lf bench`.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use lf_schemas::{Device, Dtype};
 
 use super::exit::{self, Exit, Failure};
@@ -45,33 +45,17 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Device.
-    #[arg(long, value_enum, default_value_t = DeviceArgPub::Auto)]
-    pub device: DeviceArgPub,
-}
-
-/// `--device` of `lf chat`.
-#[derive(Clone, Copy, ValueEnum, Debug)]
-pub enum DeviceArgPub {
-    /// CUDA if available.
-    Auto,
-    /// CPU.
-    Cpu,
-    /// CUDA.
-    Cuda,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 }
 
 /// `lf chat`.
 pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result {
     let model = resolve_model(app, cli, args)?;
-    let device = match args.device {
-        DeviceArgPub::Auto => Device::Auto,
-        DeviceArgPub::Cpu => Device::Cpu,
-        DeviceArgPub::Cuda => Device::Cuda,
-    };
     let numerics = app
         .extensions
         .backends()
-        .resolve(device, Dtype::Auto)
+        .resolve(args.device, Dtype::Auto)
         .map_err(Failure::usage)?;
     app.extensions.chat(&model, args, &numerics)?;
     Ok(Exit::Ok)

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use lf_schemas::{Device, Dtype};
 use serde_json::Value as Json;
 
@@ -25,24 +25,10 @@ pub(super) struct ManifestArgs {
     pub(super) vars: Vec<String>,
     /// Override the manifest's device.
     #[arg(long, value_enum)]
-    pub(super) device: Option<DeviceArg>,
+    pub(super) device: Option<Device>,
     /// Override the manifest's dtype.
     #[arg(long, value_enum)]
-    pub(super) dtype: Option<DtypeArg>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(super) enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub(super) enum DtypeArg {
-    Auto,
-    F32,
-    Bf16,
+    pub(super) dtype: Option<Dtype>,
 }
 
 /// A manifest as a command loaded it: the validated pipeline and the text it was read from, read once
@@ -98,19 +84,11 @@ pub(super) fn load(
     };
     match pipeline::load(&path, &text, &app.registry, &overrides) {
         Ok(mut p) => {
-            if let Some(d) = args.device {
-                p.device = match d {
-                    DeviceArg::Auto => Device::Auto,
-                    DeviceArg::Cpu => Device::Cpu,
-                    DeviceArg::Cuda => Device::Cuda,
-                };
+            if let Some(device) = args.device {
+                p.device = device;
             }
-            if let Some(d) = args.dtype {
-                p.dtype = match d {
-                    DtypeArg::Auto => Dtype::Auto,
-                    DtypeArg::F32 => Dtype::F32,
-                    DtypeArg::Bf16 => Dtype::Bf16,
-                };
+            if let Some(dtype) = args.dtype {
+                p.dtype = dtype;
             }
             if !p.warnings.is_empty() && !json {
                 eprint!("{}", diag::render(&p.warnings, &source, color));

@@ -30,7 +30,7 @@ use lf_cache::Store;
 use serde_json::Value as Json;
 
 pub use bench::BenchArgs;
-pub use chat::{ChatArgs, DeviceArgPub};
+pub use chat::ChatArgs;
 
 use cache::CacheCommand;
 use plan::PlanArgs;
