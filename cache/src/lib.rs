@@ -16,6 +16,7 @@
 //!   scratch/<key>/        durable per-key scratch space (checkpoints), removed after a commit
 //!   runs/                 run records (written by the engine)
 //!   statcache.json        stat data -> hash of local input files
+//!   lockfiles.json        paths of the lockfiles runs wrote, whose artifacts `gc` keeps
 //! ```
 
 mod hash;

@@ -1,6 +1,6 @@
 //! The store itself: lookups, staging, atomic commits, locks, verification and garbage collection.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,6 +174,35 @@ impl Store {
     /// Where run records are written.
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join("runs")
+    }
+
+    /// Remembers a lockfile's location (made absolute) in `lockfiles.json`, so [`Store::lockfiles`] lists
+    /// it and `lf cache gc` keeps the artifacts it references.
+    pub fn register_lockfile(&self, lock: &Path) -> Result<(), Error> {
+        let mut paths: BTreeSet<PathBuf> = self.lockfiles().into_iter().collect();
+        let abs = std::path::absolute(lock).unwrap_or_else(|_| lock.to_path_buf());
+        if paths.insert(abs) {
+            let registry = self.lockfiles_path();
+            let bytes = serde_json::to_vec_pretty(&paths).map_err(|e| Error::Invalid {
+                path: registry.clone(),
+                reason: e.to_string(),
+            })?;
+            write_atomic(&registry, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// The lockfiles registered with [`Store::register_lockfile`] (some may have been deleted since); none
+    /// if the registry is missing or unreadable.
+    pub fn lockfiles(&self) -> Vec<PathBuf> {
+        fs::read(self.lockfiles_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn lockfiles_path(&self) -> PathBuf {
+        self.root.join("lockfiles.json")
     }
 
     /// The durable scratch folder of a key (created on demand). It survives kills and failures, so a step
@@ -613,6 +642,28 @@ mod tests {
         let staging = store.stage(key).unwrap();
         fs::write(staging.path().join("out.txt"), bytes).unwrap();
         store.commit(staging, key, record("s")).unwrap()
+    }
+
+    #[test]
+    fn registered_lockfiles_are_listed_once_with_absolute_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        assert!(store.lockfiles().is_empty());
+        let a = dir.path().join("a.lock");
+        let b = dir.path().join("sub").join("b.lock");
+        store.register_lockfile(&b).unwrap();
+        store.register_lockfile(&a).unwrap();
+        store.register_lockfile(&a).unwrap();
+        assert_eq!(store.lockfiles(), [a.clone(), b]);
+        // A relative path is recorded as the absolute path it names now.
+        store.register_lockfile(Path::new("rel.lock")).unwrap();
+        let rel = std::env::current_dir().unwrap().join("rel.lock");
+        assert!(store.lockfiles().contains(&rel));
+        // An unreadable registry lists nothing and is rewritten by the next registration.
+        fs::write(store.root().join("lockfiles.json"), "not json").unwrap();
+        assert!(store.lockfiles().is_empty());
+        store.register_lockfile(&a).unwrap();
+        assert_eq!(store.lockfiles(), [a]);
     }
 
     #[test]

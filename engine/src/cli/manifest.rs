@@ -1,0 +1,157 @@
+//! Loading a manifest for a command: reading it, applying `--var`, `--device` and `--dtype`, validating
+//! it and printing its diagnostics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use lf_schemas::{Device, Dtype};
+use serde_json::Value as Json;
+
+use super::exit::{self, Exit, Failure};
+use super::{App, Cli};
+use crate::diag::{self, SourceFile};
+use crate::lockfile::lock_path;
+use crate::pipeline::{self, Pipeline};
+use crate::plan::Plan;
+
+#[derive(Args, Clone)]
+pub(super) struct ManifestArgs {
+    /// The manifest (default: the embedded quickstart pipeline).
+    pub(super) file: Option<PathBuf>,
+    /// Override a variable: `--var name=Lumi` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub(super) vars: Vec<String>,
+    /// Override the manifest's device.
+    #[arg(long, value_enum)]
+    pub(super) device: Option<Device>,
+    /// Override the manifest's dtype.
+    #[arg(long, value_enum)]
+    pub(super) dtype: Option<Dtype>,
+}
+
+/// A manifest as a command loaded it: the validated pipeline and the text it was read from, read once
+/// and kept to locate problems found later.
+pub(super) struct Loaded {
+    /// The validated pipeline, with `--device` and `--dtype` applied.
+    pub(super) pipeline: Pipeline,
+    /// The manifest given on the command line; `None` for the embedded quickstart.
+    file: Option<PathBuf>,
+    /// The manifest's text.
+    text: String,
+}
+
+/// Reads the manifest given on the command line, or takes the embedded quickstart: the path messages show,
+/// and the text.
+pub(super) fn read(app: &App, file: Option<&Path>) -> anyhow::Result<(PathBuf, String)> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            Ok((path.to_path_buf(), text))
+        }
+        None => Ok((PathBuf::from("quickstart.yaml"), app.quickstart.to_string())),
+    }
+}
+
+/// Reads and validates the manifest, printing its diagnostics; any problem is a usage error.
+pub(super) fn load(
+    app: &App,
+    args: &ManifestArgs,
+    color: bool,
+    json: bool,
+) -> exit::Result<Loaded> {
+    let (path, text) = match read(app, args.file.as_deref()) {
+        Ok(read) => read,
+        Err(e) => return Err(Failure::usage(format_args!("{e:#}"))),
+    };
+    let mut overrides = BTreeMap::new();
+    for var in &args.vars {
+        let Some((name, value)) = var.split_once('=') else {
+            return Err(Failure::usage(format_args!(
+                "`--var {var}` must be NAME=VALUE"
+            )));
+        };
+        let node = crate::yaml::parse(value).ok();
+        let value = node.map_or(Json::String(value.into()), |n| n.to_json());
+        overrides.insert(name.to_string(), value);
+    }
+    let display = path.display().to_string();
+    let source = SourceFile {
+        path: &display,
+        text: &text,
+    };
+    match pipeline::load(&path, &text, &app.registry, &overrides) {
+        Ok(mut p) => {
+            if let Some(device) = args.device {
+                p.device = device;
+            }
+            if let Some(dtype) = args.dtype {
+                p.dtype = dtype;
+            }
+            if !p.warnings.is_empty() && !json {
+                eprint!("{}", diag::render(&p.warnings, &source, color));
+            }
+            diag::locate(&mut p.warnings, &source);
+            Ok(Loaded {
+                pipeline: p,
+                file: args.file.clone(),
+                text,
+            })
+        }
+        Err(mut diags) => {
+            if json {
+                diag::locate(&mut diags, &source);
+                println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+            } else {
+                eprint!("{}", diag::render(&diags, &source, color));
+                let errors = diags
+                    .iter()
+                    .filter(|d| d.severity == diag::Severity::Error)
+                    .count();
+                eprintln!(
+                    "error: `{display}` has {errors} problem{}",
+                    if errors == 1 { "" } else { "s" }
+                );
+            }
+            Err(Failure::reported(Exit::Usage))
+        }
+    }
+}
+
+impl Loaded {
+    /// Where the pipeline's lockfile lives (embedded pipelines keep theirs under the runs folder).
+    pub(super) fn lockfile_path(&self, cli: &Cli) -> PathBuf {
+        match &self.file {
+            Some(file) => lock_path(file),
+            None => cli.runs_dir.join(format!("{}.lock", self.pipeline.name)),
+        }
+    }
+
+    /// Reports the problems the plan found in the inputs of steps that must run (a dataset tokenized for
+    /// another model, ...) like validation errors, as usage errors: before anything runs.
+    pub(super) fn check_plan(&self, plan: &Plan, color: bool, json: bool) -> exit::Result<()> {
+        let mut diags = plan.diagnostics(&self.pipeline);
+        if diags.is_empty() {
+            return Ok(());
+        }
+        let display = self.pipeline.path.display().to_string();
+        let source = SourceFile {
+            path: &display,
+            text: &self.text,
+        };
+        if json {
+            diag::locate(&mut diags, &source);
+            println!("{}", serde_json::json!({"ok": false, "diagnostics": diags}));
+        } else {
+            eprint!("{}", diag::render(&diags, &source, color));
+            eprintln!(
+                "error: the inputs of `{display}`'s steps have {} problem{}; nothing ran",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
+        }
+        Err(Failure::reported(Exit::Usage))
+    }
+}
