@@ -18,7 +18,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 use serde_json::{Value as Json, json};
 
-use crate::backend::Dtype;
+use crate::backend::{Dtype, burn_dtype};
 use crate::config::ModelConfig;
 use crate::linear::{LINEAR_MODULES, Linear, LoraAdapter, LoraConfig};
 use crate::llama::{Llama, hf_tensor_shapes};
@@ -341,7 +341,7 @@ impl Adapter {
         device: &B::Device,
         dtype: Dtype,
     ) -> anyhow::Result<()> {
-        let dt = dtype.burn();
+        let dt = burn_dtype(dtype);
         let adapter_of = |pair: &LoraPair| LoraAdapter::<B> {
             a: Param::from_tensor(Tensor::from_data(
                 TensorData::new(pair.a.clone(), pair.a_shape),

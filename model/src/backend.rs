@@ -2,13 +2,13 @@
 //!
 //! Model code is generic over `B: Backend`; only the entry points (a step's `run`, `lf chat`) pick a
 //! concrete backend. They do it through [`run_inference`] or [`run_training`], which turn a runtime
-//! [`DeviceChoice`] and [`Dtype`] into a monomorphised call of a task's generic `run`.
+//! [`Device`] and [`Dtype`] into a monomorphised call of a task's generic `run`.
 
 use std::fmt;
-use std::str::FromStr;
 
 use burn::tensor::DType;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+pub use lf_schemas::{Device, Dtype};
 
 /// The CPU backend: burn's pure-Rust `Flex` backend (f32 by default; bf16 tensors are supported).
 pub type Cpu = burn::backend::Flex;
@@ -27,44 +27,7 @@ pub type CudaBf16 = burn::backend::Cuda<half::bf16, i32>;
 #[cfg(feature = "cuda")]
 pub type CudaDevice = burn::backend::cuda::CudaDevice;
 
-/// Where to run: the CPU, a CUDA GPU, or CUDA when it is compiled in and present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    /// The CPU backend.
-    Cpu,
-    /// The first CUDA device; an error when lf was built without the `cuda` feature.
-    Cuda,
-    /// CUDA when compiled in and a GPU is present, else the CPU.
-    #[default]
-    Auto,
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Self::Cpu),
-            "cuda" | "gpu" => Ok(Self::Cuda),
-            "auto" => Ok(Self::Auto),
-            other => Err(format!(
-                "unknown device `{other}`; expected `cpu`, `cuda` or `auto`"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Cpu => "cpu",
-            Self::Cuda => "cuda",
-            Self::Auto => "auto",
-        })
-    }
-}
-
-/// The device a [`DeviceChoice`] resolved to on this machine.
+/// The device a [`Device`] resolved to on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResolvedDevice {
     /// The CPU.
@@ -91,61 +54,37 @@ pub fn cuda_present() -> bool {
         || std::path::Path::new("/proc/driver/nvidia/version").exists()
 }
 
-impl DeviceChoice {
-    /// Resolves `auto` and checks that `cuda` is available.
-    pub fn resolve(self) -> anyhow::Result<ResolvedDevice> {
-        match self {
-            Self::Cpu => Ok(ResolvedDevice::Cpu),
-            Self::Cuda if !CUDA_COMPILED => anyhow::bail!(
-                "device `cuda` requested but lf was built without CUDA\nhint: rebuild with `--features cuda`, or use `--device cpu`"
-            ),
-            Self::Cuda => Ok(ResolvedDevice::Cuda(0)),
-            Self::Auto if CUDA_COMPILED && cuda_present() => Ok(ResolvedDevice::Cuda(0)),
-            Self::Auto => Ok(ResolvedDevice::Cpu),
-        }
+/// Resolves `auto` and checks that `cuda` is available.
+pub fn resolve_device(device: Device) -> anyhow::Result<ResolvedDevice> {
+    match device {
+        Device::Cpu => Ok(ResolvedDevice::Cpu),
+        Device::Cuda if !CUDA_COMPILED => anyhow::bail!(
+            "device `cuda` requested but lf was built without CUDA\nhint: rebuild with `--features cuda`, or use `--device cpu`"
+        ),
+        Device::Cuda => Ok(ResolvedDevice::Cuda(0)),
+        Device::Auto if CUDA_COMPILED && cuda_present() => Ok(ResolvedDevice::Cuda(0)),
+        Device::Auto => Ok(ResolvedDevice::Cpu),
     }
 }
 
-/// The floating-point type weights and activations are kept in.
+/// The floating-point type weights and activations are kept in on `device`: `auto` is bf16 on a GPU and
+/// f32 on the CPU (as the manifest's `dtype: auto` is).
 ///
 /// Norms, softmax and RoPE tables are computed in f32 whatever this is, as transformers does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 32-bit float.
-    #[default]
-    F32,
-    /// bfloat16.
-    Bf16,
-}
-
-impl Dtype {
-    /// The burn dtype.
-    pub fn burn(self) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::Bf16 => DType::BF16,
-        }
+pub fn compute_dtype(dtype: Dtype, device: ResolvedDevice) -> Dtype {
+    match (dtype, device) {
+        (Dtype::Auto, ResolvedDevice::Cuda(_)) => Dtype::Bf16,
+        (Dtype::Auto, ResolvedDevice::Cpu) => Dtype::F32,
+        (d, _) => d,
     }
 }
 
-impl FromStr for Dtype {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!("unknown dtype `{other}`; expected `f32` or `bf16`")),
-        }
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        })
+/// The burn dtype of a compute dtype (`auto`, which [`run_inference`] and [`run_training`] resolve
+/// before a task sees it, is f32).
+pub fn burn_dtype(dtype: Dtype) -> DType {
+    match dtype {
+        Dtype::F32 | Dtype::Auto => DType::F32,
+        Dtype::Bf16 => DType::BF16,
     }
 }
 
@@ -171,11 +110,13 @@ pub trait TrainingTask {
 
 /// Runs `task` on the backend `device` resolves to.
 pub fn run_inference<T: InferenceTask>(
-    device: DeviceChoice,
+    device: Device,
     dtype: Dtype,
     task: T,
 ) -> anyhow::Result<T::Output> {
-    match device.resolve()? {
+    let device = resolve_device(device)?;
+    let dtype = compute_dtype(dtype, device);
+    match device {
         ResolvedDevice::Cpu => Ok(task.run::<Cpu>(CpuDevice, dtype)),
         #[cfg(feature = "cuda")]
         ResolvedDevice::Cuda(i) => Ok(task.run::<Cuda>(CudaDevice::new(i), dtype)),
@@ -186,11 +127,13 @@ pub fn run_inference<T: InferenceTask>(
 
 /// Runs `task` on the autodiff version of the backend `device` resolves to.
 pub fn run_training<T: TrainingTask>(
-    device: DeviceChoice,
+    device: Device,
     dtype: Dtype,
     task: T,
 ) -> anyhow::Result<T::Output> {
-    match device.resolve()? {
+    let device = resolve_device(device)?;
+    let dtype = compute_dtype(dtype, device);
+    match device {
         ResolvedDevice::Cpu => Ok(task.run::<CpuAutodiff>(CpuDevice, dtype)),
         #[cfg(feature = "cuda")]
         ResolvedDevice::Cuda(i) => {

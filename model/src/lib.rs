@@ -45,7 +45,7 @@ mod tests;
 
 pub use adapter::Adapter;
 pub use artifact::{ArtifactKind, ModelArtifact};
-pub use backend::{Cpu, CpuAutodiff, CpuDevice, DeviceChoice, Dtype};
+pub use backend::{Cpu, CpuAutodiff, CpuDevice, Device, Dtype};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, GenerateOutput, Sampling, generate};

@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, View};
 
-use crate::backend::Dtype;
+use crate::backend::{Dtype, burn_dtype};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::tokenizer::TokenizerBundle;
@@ -368,7 +368,7 @@ impl<B: Backend> Llama<B> {
             std: config.initializer_range,
             pad_token_id: config.pad_token_id,
         };
-        Llama::from_source(config, &mut src, device, dtype.burn())
+        Llama::from_source(config, &mut src, device, burn_dtype(dtype))
     }
 }
 
@@ -394,7 +394,7 @@ pub fn load_model<B: Backend>(
         ModelFormat::HfDir(dir) => {
             let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
             let mut src = SafetensorsSource::open_dir(dir)?;
-            let model = Llama::from_source(&config, &mut src, device, dtype.burn())
+            let model = Llama::from_source(&config, &mut src, device, burn_dtype(dtype))
                 .map_err(|e| e.at(dir))?;
             (model, config)
         }
@@ -402,7 +402,7 @@ pub fn load_model<B: Backend>(
             let gguf = GgufFile::open(file)?;
             let config = ModelConfig::from_gguf(&gguf).map_err(|e| e.at(file))?;
             let mut src = GgufSource::new(&gguf, &config);
-            let model = Llama::from_source(&config, &mut src, device, dtype.burn())
+            let model = Llama::from_source(&config, &mut src, device, burn_dtype(dtype))
                 .map_err(|e| e.at(file))?;
             (model, config)
         }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::data::chat::{ChatTemplate, TemplateTokens, describe_error};
 use lf_model::ModelArtifact;
 use lf_model::TokenizerBundle;
-use lf_model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
+use lf_model::backend::{Device, Dtype, InferenceTask, run_inference};
 use lf_model::generate::{GenerateOptions, Sampling, generate};
 
 /// What `lf chat` was asked to do.
@@ -35,7 +35,7 @@ pub struct ChatOptions {
     /// Extra strings that end an answer.
     pub stop: Vec<String>,
     /// Where to run.
-    pub device: DeviceChoice,
+    pub device: Device,
     /// Weight and activation dtype.
     pub dtype: Dtype,
 }
@@ -49,7 +49,7 @@ impl Default for ChatOptions {
             sampling: Sampling::greedy(),
             max_new_tokens: 256,
             stop: Vec::new(),
-            device: DeviceChoice::Auto,
+            device: Device::Auto,
             dtype: Dtype::F32,
         }
     }

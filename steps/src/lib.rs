@@ -59,8 +59,8 @@ impl Extensions for Ml {
             },
             max_new_tokens: args.max_new_tokens,
             stop: Vec::new(),
-            device: numerics.device.parse().map_err(anyhow::Error::msg)?,
-            dtype: numerics.dtype.parse().map_err(anyhow::Error::msg)?,
+            device: numerics.device,
+            dtype: numerics.dtype,
         })
     }
 

@@ -19,7 +19,6 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 
 use anyhow::Context as _;
 use burn::tensor::backend::Backend;
@@ -34,7 +33,7 @@ use crate::data::artifact::{Split, TokenizedDataset};
 use crate::data::chat::{ChatTemplate, TemplateTokens};
 use crate::data::files::{Several, find, read_rows};
 use crate::data::format::{Role, Sample, resolve};
-use lf_model::backend::{DeviceChoice, Dtype, InferenceTask, run_inference};
+use lf_model::backend::{Dtype, InferenceTask, run_inference};
 use lf_model::gguf::GgufFile;
 use lf_model::{ModelArtifact, ValueHead};
 use lf_model::{TokenizerBundle, tokenizer_from_gguf};
@@ -494,13 +493,6 @@ impl InferenceTask for ModelRun<'_> {
     }
 }
 
-/// Resolves the step's numerics to a device and dtype.
-pub fn device_of(n: &Numerics) -> anyhow::Result<(DeviceChoice, Dtype)> {
-    let device = DeviceChoice::from_str(&n.device).map_err(anyhow::Error::msg)?;
-    let dtype = Dtype::from_str(&n.dtype).map_err(anyhow::Error::msg)?;
-    Ok((device, dtype))
-}
-
 /// Evaluates every model of `p` and writes the artifact into `out`; returns each model's results.
 pub fn evaluate(
     p: &EvaluateParams,
@@ -509,7 +501,7 @@ pub fn evaluate(
     numerics: &Numerics,
     progress: &Progress,
 ) -> anyhow::Result<Vec<ModelResults>> {
-    let (device, dtype) = device_of(numerics)?;
+    let (device, dtype) = (numerics.device, numerics.dtype);
     let prepared = prepare(p, inputs)?;
     let mut all = Vec::new();
     let mut predictions = Vec::new();

@@ -21,8 +21,8 @@ use lf_model::{Cpu, CpuDevice, Dtype, Llama};
 
 fn numerics() -> Numerics {
     Numerics {
-        device: "cpu".into(),
-        dtype: "f32".into(),
+        device: lf_model::Device::Cpu,
+        dtype: Dtype::F32,
         backend: "flex".into(),
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use lf_engine::cli::{BenchArgs, DeviceArgPub};
+use lf_engine::cli::BenchArgs;
 use serde_json::{Value as Json, json};
 
 use super::init::config_for_vocab;
@@ -18,7 +18,7 @@ use super::params::Method;
 use super::trainer::{AdamW, Trainer};
 use crate::data::Batch;
 use lf_model::ModelArtifact;
-use lf_model::backend::{DeviceChoice, TrainingTask, run_training};
+use lf_model::backend::{TrainingTask, compute_dtype, resolve_device, run_training};
 use lf_model::linear::LoraConfig;
 use lf_model::rng::Rng;
 use lf_model::{Dtype, Llama, ModelConfig};
@@ -55,17 +55,9 @@ const QUICKSTART: &str = include_str!("../../../pipelines/quickstart.yaml");
 
 /// Runs the benchmark.
 pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
-    let device = match args.device {
-        DeviceArgPub::Auto => DeviceChoice::Auto,
-        DeviceArgPub::Cpu => DeviceChoice::Cpu,
-        DeviceArgPub::Cuda => DeviceChoice::Cuda,
-    };
-    let resolved = device.resolve()?;
-    let dtype = if matches!(resolved, lf_model::backend::ResolvedDevice::Cpu) {
-        Dtype::F32
-    } else {
-        Dtype::Bf16
-    };
+    let device = args.device;
+    let resolved = resolve_device(device)?;
+    let dtype = compute_dtype(Dtype::Auto, resolved);
     let seq = args.size.unwrap_or(256) as usize;
     let task = Bench {
         source: match &args.model {

@@ -30,7 +30,7 @@ use super::reference::Reference;
 use super::schedule::Schedule;
 use super::trainer::{AdamW, Trainer};
 use crate::data::{Split, TokenizedDataset};
-use lf_model::backend::{DeviceChoice, TrainingTask, run_training};
+use lf_model::backend::{TrainingTask, run_training};
 use lf_model::linear::LoraConfig;
 use lf_model::load::SaveDtype;
 use lf_model::value_head::{VALUE_HEAD, ValueHead};
@@ -171,16 +171,8 @@ pub fn run_task(
         total: order.total_steps,
     };
     let numerics = cx.numerics();
-    let device = if numerics.device == "cuda" {
-        DeviceChoice::Cuda
-    } else {
-        DeviceChoice::Cpu
-    };
-    let dtype = if numerics.dtype == "bf16" {
-        Dtype::Bf16
-    } else {
-        Dtype::F32
-    };
+    // Resolved by the engine: a concrete device and dtype, part of the step's key.
+    let (device, dtype) = (numerics.device, numerics.dtype);
     let _guard = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
     let job = Job {
         p,
@@ -493,8 +485,9 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
     let eval_loss = final_eval.as_ref().and_then(|l| l["eval_loss"].as_f64());
 
     // The artifact.
+    // `dtype` is the resolved compute dtype (run_training never passes `auto` on).
     let save = match dtype {
-        Dtype::F32 => SaveDtype::F32,
+        Dtype::F32 | Dtype::Auto => SaveDtype::F32,
         Dtype::Bf16 => SaveDtype::Bf16,
     };
     let trainable = trainer.trained_params();
