@@ -285,6 +285,31 @@ pub struct Row {
     pub value: Json,
 }
 
+/// The rows of a Parquet file, each a JSON object of its columns.
+fn read_parquet(file: &DataFile) -> Result<Vec<Row>, DataError> {
+    let Content::Path(path) = &file.content else {
+        return Err(DataError::row(
+            &file.origin(Pos::File),
+            "embedded Parquet files are not supported",
+        ));
+    };
+    let rows = super::parquet::read(path).map_err(|e| match e {
+        super::parquet::ParquetError::Io(source) => DataError::Io {
+            path: path.clone(),
+            source,
+        },
+        super::parquet::ParquetError::Invalid(pos, msg) => DataError::row(&file.origin(pos), msg),
+    })?;
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Row {
+            origin: file.origin(Pos::Row(i + 1)),
+            value,
+        })
+        .collect())
+}
+
 /// Reads the rows of a file. Text files give one row per document (documents are separated by blank
 /// lines).
 pub fn read_rows(file: &DataFile) -> Result<Vec<Row>, DataError> {
@@ -292,7 +317,7 @@ pub fn read_rows(file: &DataFile) -> Result<Vec<Row>, DataError> {
         FileKind::Json => read_json(file),
         FileKind::Jsonl => read_jsonl(file, &file.text()?),
         FileKind::Csv => read_csv(file),
-        FileKind::Parquet => super::parquet::read(file),
+        FileKind::Parquet => read_parquet(file),
         FileKind::Text => Ok(documents(&file.text()?)
             .into_iter()
             .map(|(line, text)| Row {

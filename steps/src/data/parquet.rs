@@ -1,24 +1,25 @@
 //! Reading Parquet files (hub datasets are often Parquet) row by row into JSON objects.
 
+use std::path::Path;
+
 use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde_json::Value as Json;
 
-use super::error::{DataError, Pos};
-use super::files::{Content, DataFile, Row};
+use super::error::Pos;
 
-/// The rows of a Parquet file, each a JSON object of its columns.
-pub fn read(file: &DataFile) -> Result<Vec<Row>, DataError> {
-    let Content::Path(path) = &file.content else {
-        return Err(DataError::row(
-            &file.origin(Pos::File),
-            "embedded Parquet files are not supported",
-        ));
-    };
-    let handle = std::fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.clone(),
-        source,
-    })?;
+/// Why a Parquet file could not be read.
+pub enum ParquetError {
+    /// The file could not be opened.
+    Io(std::io::Error),
+    /// The file (or its row at this position) is not valid Parquet.
+    Invalid(Pos, String),
+}
+
+/// The rows of the Parquet file at `path`, each a JSON object of its columns.
+pub fn read(path: &Path) -> Result<Vec<Json>, ParquetError> {
+    let handle = std::fs::File::open(path).map_err(ParquetError::Io)?;
     let invalid = |pos, e: parquet::errors::ParquetError| {
-        DataError::row(&file.origin(pos), format!("invalid Parquet: {e}"))
+        ParquetError::Invalid(pos, format!("invalid Parquet: {e}"))
     };
     let reader = SerializedFileReader::new(handle).map_err(|e| invalid(Pos::File, e))?;
     let mut rows = Vec::new();
@@ -28,10 +29,7 @@ pub fn read(file: &DataFile) -> Result<Vec<Row>, DataError> {
         .enumerate()
     {
         let row = row.map_err(|e| invalid(Pos::Row(i + 1), e))?;
-        rows.push(Row {
-            origin: file.origin(Pos::Row(i + 1)),
-            value: row.to_json_value(),
-        });
+        rows.push(row.to_json_value());
     }
     Ok(rows)
 }

@@ -8,8 +8,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion as _, Tensor};
 use lf_schemas::kinds::train::PrefLoss;
 
+use super::loss::PairBatch;
 use super::loss::{IGNORE, LmBatch, row_logps};
-use super::objective::{Dpo, Objective, PairBatch, Rm};
+use super::objective::{Dpo, Objective, Rm};
 use super::params::Method;
 use super::pref::PrefConfig;
 use super::reference::{Reference, SplitLogps};

@@ -3,12 +3,13 @@
 //! that the caller divides by the trained tokens of the whole (accumulated) batch.
 //!
 //! Only the positions that are scored go through the LM head: the hidden states are gathered first, so
-//! the `[tokens, vocab]` logits of prompts and padding are never formed.
+//! the `[tokens, vocab]` logits of prompts and padding are never formed. [`LmBatch`] and [`PairBatch`]
+//! are the collated batches the losses read.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use crate::data::Batch;
+use crate::data::{Batch, Split, TokenizedDataset, collate};
 use lf_model::ops;
 use lf_model::{ForwardInput, Llama};
 
@@ -173,6 +174,42 @@ pub fn cross_entropy_sum<B: Backend>(
     let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
     let target = logits.gather(1, targets);
     (lse - target).sum()
+}
+
+/// Pairs of an `rm` dataset, collated: the chosen sequences in rows `0..k`, the rejected ones in
+/// `k..2k`.
+pub struct PairBatch {
+    /// The collated pairs.
+    pub lm: LmBatch,
+    /// Which split the rows come from.
+    pub split: Split,
+    /// The rows.
+    pub rows: Vec<usize>,
+    /// The margin of each pair (empty when the data has none).
+    pub margins: Vec<f32>,
+}
+
+impl PairBatch {
+    /// Prepares rows `rows` of an `rm` split.
+    pub fn new(split: Split, data: &TokenizedDataset, rows: &[usize]) -> PairBatch {
+        let examples: Vec<_> = rows.iter().map(|&i| data.example(i)).collect();
+        let margins: Vec<Option<f32>> = rows.iter().map(|&i| data.margin(i)).collect();
+        PairBatch {
+            lm: LmBatch::new(&collate(&examples, data.info().pad_id), false),
+            split,
+            rows: rows.to_vec(),
+            margins: if margins.iter().all(Option::is_some) {
+                margins.into_iter().flatten().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The number of pairs.
+    pub fn pairs(&self) -> usize {
+        self.rows.len()
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::loss::{LmBatch, lm_loss_sum, row_logps};
+use super::loss::{LmBatch, PairBatch, lm_loss_sum, row_logps};
 use super::pref::{PairLogps, PrefConfig, pairwise_loss, preference_loss};
 use super::reference::Reference;
 use crate::data::{Split, TokenizedDataset, collate};
@@ -90,42 +90,6 @@ impl Objective for Lm {
         batch: &LmBatch,
     ) -> Option<(Tensor<C, 1>, Stats)> {
         lm_loss_sum(model, batch).map(|l| (l, Vec::new()))
-    }
-}
-
-/// Pairs of an `rm` dataset, collated: the chosen sequences in rows `0..k`, the rejected ones in
-/// `k..2k`.
-pub struct PairBatch {
-    /// The collated pairs.
-    pub lm: LmBatch,
-    /// Which split the rows come from.
-    pub split: Split,
-    /// The rows.
-    pub rows: Vec<usize>,
-    /// The margin of each pair (empty when the data has none).
-    pub margins: Vec<f32>,
-}
-
-impl PairBatch {
-    /// Prepares rows `rows` of an `rm` split.
-    pub fn new(split: Split, data: &TokenizedDataset, rows: &[usize]) -> PairBatch {
-        let examples: Vec<_> = rows.iter().map(|&i| data.example(i)).collect();
-        let margins: Vec<Option<f32>> = rows.iter().map(|&i| data.margin(i)).collect();
-        PairBatch {
-            lm: LmBatch::new(&collate(&examples, data.info().pad_id), false),
-            split,
-            rows: rows.to_vec(),
-            margins: if margins.iter().all(Option::is_some) {
-                margins.into_iter().flatten().collect()
-            } else {
-                Vec::new()
-            },
-        }
-    }
-
-    /// The number of pairs.
-    pub fn pairs(&self) -> usize {
-        self.rows.len()
     }
 }
 

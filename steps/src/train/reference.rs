@@ -18,8 +18,8 @@ use burn::tensor::backend::Backend;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
+use super::loss::PairBatch;
 use super::loss::row_logps;
-use super::objective::PairBatch;
 use crate::data::{Split, TokenizedDataset};
 use lf_model::Llama;
 
