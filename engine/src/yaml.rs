@@ -58,6 +58,22 @@ pub enum Value {
 }
 
 impl Node {
+    /// Moves every span of this tree `by` bytes later.
+    fn shift_spans(&mut self, by: usize) {
+        self.span.start += by;
+        self.span.end += by;
+        match &mut self.value {
+            Value::Seq(items) => items.iter_mut().for_each(|n| n.shift_spans(by)),
+            Value::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+                k.shift_spans(by);
+                v.shift_spans(by);
+            }),
+            _ => {}
+        }
+    }
+}
+
+impl Node {
     /// The entries of a mapping, if this is one.
     pub fn as_map(&self) -> Option<&[(Node, Node)]> {
         match &self.value {
@@ -133,8 +149,27 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Parses the first document of `src`. An empty document is `Null`.
+/// Parses `src`, which must hold one document (a second `---` document is an error). An empty
+/// document is `Null`. A UTF-8 byte order mark at the start is skipped; spans still count it, so they
+/// point into `src` as the user's file has it.
 pub fn parse(src: &str) -> Result<Node, SyntaxError> {
+    const BOM: char = '\u{feff}';
+    match src.strip_prefix(BOM) {
+        Some(rest) => parse_document(rest)
+            .map(|mut node| {
+                node.shift_spans(BOM.len_utf8());
+                node
+            })
+            .map_err(|mut e| {
+                e.span.start += BOM.len_utf8();
+                e.span.end += BOM.len_utf8();
+                e
+            }),
+        None => parse_document(src),
+    }
+}
+
+fn parse_document(src: &str) -> Result<Node, SyntaxError> {
     let offsets = CharOffsets::new(src);
     let mut builder = Builder {
         src,
@@ -147,7 +182,8 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
         docs: 0,
     };
     let mut parser = Parser::new_from_str(src);
-    if let Err(e) = parser.load(&mut builder, false) {
+    // Every document is read, so that a second one is reported instead of silently ignored.
+    if let Err(e) = parser.load(&mut builder, true) {
         let at = offsets.byte(e.marker().index());
         return Err(SyntaxError {
             span: Span {
@@ -748,6 +784,32 @@ mod tests {
 
     fn text_at(src: &str, span: Span) -> &str {
         &src[span.start..span.end]
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_spans_still_point_into_the_file() {
+        let src = "\u{feff}name: demo\nsteps: {}\n";
+        let node = parse(src).unwrap();
+        let map = node.as_map().unwrap();
+        assert_eq!(map[0].0.as_scalar_text(), Some("name"));
+        assert_eq!(text_at(src, map[0].0.span), "name");
+        assert_eq!(text_at(src, map[0].1.span), "demo");
+        let err = parse("\u{feff}a: [1\n").unwrap_err();
+        assert!(err.span.start >= 3, "{err:?}");
+    }
+
+    #[test]
+    fn a_second_document_is_an_error_at_its_start() {
+        let src = "name: one\nsteps: {}\n---\nname: two\n";
+        let err = parse(src).unwrap_err();
+        assert!(
+            err.message.contains("found a second `---`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(&src[err.span.start..err.span.start + 3], "---");
+        // One document, with an explicit start and end, is fine.
+        assert!(parse("---\nname: one\n...\n").is_ok());
     }
 
     #[test]
