@@ -172,8 +172,13 @@ fn force_only_and_dry_run() {
     assert_eq!(forced.status_of("b"), "cached");
     assert_eq!(ran(&p), ["a", "c", "d"]);
 
+    // A step name on the command line that the manifest lacks is a usage error, like in `lf preview`.
+    for command in ["run", "plan"] {
+        let unknown = p.lf(&[command, "p.yaml", "--force", "nope"]);
+        assert_eq!(unknown.code, 2, "{command} --force: {}", unknown.stderr);
+    }
     let unknown = p.lf(&["run", "p.yaml", "--only", "nope"]);
-    assert_ne!(unknown.code, 0);
+    assert_eq!(unknown.code, 2);
     assert!(
         unknown.stderr.contains("no step is named `nope`"),
         "{}",
