@@ -24,6 +24,9 @@ use crate::linear::{LINEAR_MODULES, Linear, LoraAdapter, LoraConfig};
 use crate::llama::{Llama, hf_tensor_shapes};
 use crate::load::{SaveDtype, read_f32_tensors, write_safetensors};
 
+/// One of an adapter's two matrices, once found: its shape and row-major values.
+type Half = Option<(Vec<usize>, Vec<f32>)>;
+
 /// peft's adapter config file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 /// peft's adapter weights file.
@@ -97,7 +100,7 @@ impl Adapter {
     /// base at [`BASE_DIR`]), as training writes them.
     pub fn from_model<B: Backend>(model: &Llama<B>, cfg: &LoraConfig) -> anyhow::Result<Adapter> {
         let mut modules = BTreeMap::new();
-        let mut halves: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 2]> = BTreeMap::new();
+        let mut halves: BTreeMap<String, [Half; 2]> = BTreeMap::new();
         for (name, t) in model.lora_tensors() {
             let shape = t.dims().to_vec();
             let values = t
@@ -173,8 +176,7 @@ impl Adapter {
         let rslora = get("use_rslora").and_then(Json::as_bool).unwrap_or(false);
 
         let weights = dir.join(ADAPTER_WEIGHTS);
-        // Module name → (lora_A, lora_B), each (shape, values).
-        type Half = Option<(Vec<usize>, Vec<f32>)>;
+        // Module name → (lora_A, lora_B).
         let mut parts: BTreeMap<String, (Half, Half)> = BTreeMap::new();
         for (key, shape, values) in read_f32_tensors(&weights)? {
             let name = key.strip_prefix(PEFT_PREFIX).unwrap_or(&key);

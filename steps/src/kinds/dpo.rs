@@ -54,7 +54,7 @@ impl Step for Dpo {
 
     fn run(&self, p: &DpoParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {
         let ref_model = match (&p.ref_model, p.pref_loss.needs_reference()) {
-            (Some(_), true) => Some(ModelArtifact::open(cx.input("ref_model")?)?),
+            (Some(_), true) => Some(Box::new(ModelArtifact::open(cx.input("ref_model")?)?)),
             _ => None,
         };
         let task = run::Task::Dpo {

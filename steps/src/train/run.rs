@@ -118,7 +118,7 @@ pub enum Task {
         /// The loss.
         cfg: PrefConfig,
         /// Another reference model than the starting one.
-        ref_model: Option<ModelArtifact>,
+        ref_model: Option<Box<ModelArtifact>>,
     },
 }
 
