@@ -403,6 +403,44 @@ impl Store {
         Ok(report)
     }
 
+    /// The staging folders no running process owns (left by a killed or crashed run). A staging folder
+    /// is abandoned when no process holds the lock of its key; its name starts with the key's short
+    /// form, so every lock that matches is tried.
+    fn abandoned_staging(&self) -> Result<Vec<PathBuf>, Error> {
+        let locks = read_dir(&self.root.join("locks"))?;
+        let mut out = Vec::new();
+        for dir in read_dir(&self.root.join("tmp"))? {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let short = name.split('-').next().unwrap_or_default();
+            let busy = locks.iter().any(|lock| {
+                lock.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(short) && is_locked(lock))
+            });
+            if !busy {
+                out.push(dir);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the staging folders of dead processes (what [`Store::gc`] also does), returning how many
+    /// and their bytes. `lf run` calls it before it starts, so a killed export does not leak its
+    /// half-written gigabytes until someone runs `lf cache gc`.
+    pub fn sweep_staging(&self) -> Result<(usize, u64), Error> {
+        let mut removed = (0, 0);
+        for dir in self.abandoned_staging()? {
+            let bytes = tree_size(&dir).0;
+            // Another process may have swept it a moment ago.
+            if dir.exists() {
+                remove_tree(&dir)?;
+                removed.0 += 1;
+                removed.1 += bytes;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes every artifact not in `keep`, the key records that pointed at them, and abandoned staging
     /// folders; with `scratch`, also the scratch folders of keys nobody is running.
     pub fn gc(
@@ -436,23 +474,11 @@ impl Store {
                 }
             }
         }
-        // A staging folder is abandoned when no process holds the lock of its key. Its name starts with the
-        // key's short form, so try every lock that matches.
-        let locks = read_dir(&self.root.join("locks"))?;
-        for dir in read_dir(&self.root.join("tmp"))? {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let short = name.split('-').next().unwrap_or_default();
-            let busy = locks.iter().any(|lock| {
-                lock.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(short) && is_locked(lock))
-            });
-            if !busy {
-                report.removed_staging += 1;
-                report.freed_bytes += tree_size(&dir).0;
-                if !dry_run {
-                    remove_tree(&dir)?;
-                }
+        for dir in self.abandoned_staging()? {
+            report.removed_staging += 1;
+            report.freed_bytes += tree_size(&dir).0;
+            if !dry_run {
+                remove_tree(&dir)?;
             }
         }
         if scratch {
@@ -757,6 +783,29 @@ mod tests {
         let report = store.gc(&HashSet::new(), false, false).unwrap();
         assert_eq!(report.removed_staging, 1);
         assert!(busy.path().exists());
+    }
+
+    #[test]
+    fn sweeping_removes_staging_of_dead_runs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let busy_key = Hash::of_bytes(b"busy");
+        let _lock = store.lock(&busy_key, || {}).unwrap();
+        let busy = store.stage(&busy_key).unwrap();
+        fs::write(busy.path().join("half"), b"written").unwrap();
+        let dead_key = Hash::of_bytes(b"dead");
+        let dead_path = {
+            let _l = store.lock(&dead_key, || {}).unwrap();
+            let staging = store.stage(&dead_key).unwrap();
+            fs::write(staging.path().join("weights"), vec![0u8; 4096]).unwrap();
+            let path = staging.path().to_path_buf();
+            std::mem::forget(staging);
+            path
+        };
+        assert_eq!(store.sweep_staging().unwrap(), (1, 4096));
+        assert!(!dead_path.exists());
+        assert!(busy.path().join("half").exists());
+        assert_eq!(store.sweep_staging().unwrap(), (0, 0));
     }
 
     #[test]

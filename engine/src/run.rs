@@ -70,6 +70,14 @@ pub fn execute(
     options: &RunOptions,
 ) -> anyhow::Result<RunRecord> {
     let started = Instant::now();
+    // Staging folders that killed runs left behind go first; a running process's are locked and kept.
+    match store.sweep_staging() {
+        Ok((0, _)) => {}
+        Ok((n, bytes)) => {
+            tracing::info!("removed {n} staging folders of dead runs ({bytes} bytes)")
+        }
+        Err(e) => tracing::warn!("cannot remove staging folders of dead runs: {e}"),
+    }
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());

@@ -290,6 +290,12 @@ steps:
         ok(&p.lf(&["run", "p.yaml"]));
         assert_eq!(p.outputs("p.yaml"), expected);
         resumed_once |= !p.read("resumed.log").is_empty();
+        // The next run removed the staging folders the killed ones left.
+        let staging: Vec<_> = std::fs::read_dir(p.path().join(".lf/tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(staging.is_empty(), "left in .lf/tmp: {staging:?}");
         let verify = p.lf(&["cache", "verify"]);
         ok(&verify);
         assert!(verify.stderr.contains("0 corrupted"), "{}", verify.stderr);
