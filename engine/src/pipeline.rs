@@ -381,9 +381,14 @@ pub fn locate(node: &Node, field: &FieldPath) -> Option<Span> {
     Some(current.span)
 }
 
+/// How many instructions one manifest template may run. Real templates take tens; a loop nest over a
+/// long string would otherwise keep `lf validate` busy for minutes.
+const TEMPLATE_FUEL: u64 = 100_000;
+
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_keep_trailing_newline(true);
     env
 }
@@ -711,6 +716,16 @@ fn render_templates(
                 };
                 n.raw = Some(rendered);
             }
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                diags.push(
+                    Diagnostic::error(
+                        format!("template runs too long: it used up its budget of {TEMPLATE_FUEL} steps"),
+                        Some(n.span),
+                    )
+                    .label("this template")
+                    .hint("manifest templates are for substituting variables; compute large values outside lf"),
+                );
+            }
             Err(e) => {
                 let missing: Vec<String> = template
                     .undeclared_variables(true)
@@ -758,4 +773,28 @@ fn is_defined(name: &str, vars: &BTreeMap<String, Json>) -> bool {
         };
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(src: &str) -> Vec<Diagnostic> {
+        let mut node = yaml::parse(src).unwrap();
+        let mut diags = Vec::new();
+        render_templates(&mut node, &template_env(), &BTreeMap::new(), &mut diags);
+        diags
+    }
+
+    #[test]
+    fn a_template_that_runs_too_long_is_stopped_with_a_diagnostic_at_it() {
+        // 10^10 iterations: without the budget this would run for hours.
+        let src = "value: \"{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}\"\n";
+        let diags = render(src);
+        assert_eq!(diags.len(), 1);
+        let text = format!("{diags:?}");
+        assert!(text.contains("template runs too long"), "{text}");
+        // Ordinary templates are far below the budget.
+        assert!(render("name: \"{% for i in range(50) %}{{ i }}{% endfor %}\"\n").is_empty());
+    }
 }
