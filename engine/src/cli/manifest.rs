@@ -47,12 +47,26 @@ pub(super) struct Loaded {
 pub(super) fn read(app: &App, file: Option<&Path>) -> anyhow::Result<(PathBuf, String)> {
     match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            let text = String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), &e))?;
             Ok((path.to_path_buf(), text))
         }
         None => Ok((PathBuf::from("quickstart.yaml"), app.quickstart.to_string())),
     }
+}
+
+/// The error for a manifest that is not UTF-8, at the line and column of its first bad byte.
+fn not_utf8(path: &Path, bytes: &[u8], e: &std::string::FromUtf8Error) -> anyhow::Error {
+    let at = e.utf8_error().valid_up_to();
+    let before = String::from_utf8_lossy(&bytes[..at]);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    anyhow::anyhow!(
+        "{}:{line}:{col}: the manifest is not UTF-8 (byte 0x{:02x})\nhint: save it as UTF-8",
+        path.display(),
+        bytes[at]
+    )
 }
 
 /// Reads and validates the manifest, printing its diagnostics; any problem is a usage error.
@@ -153,5 +167,21 @@ impl Loaded {
             );
         }
         Err(Failure::reported(Exit::Usage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+        let bytes = b"name: demo\nsteps:\n  a\xff: {}\n".to_vec();
+        let e = String::from_utf8(bytes.clone()).unwrap_err();
+        let msg = format!("{:#}", not_utf8(Path::new("p.yaml"), &bytes, &e));
+        assert!(
+            msg.starts_with("p.yaml:3:4: the manifest is not UTF-8 (byte 0xff)"),
+            "{msg}"
+        );
     }
 }
