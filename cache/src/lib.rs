@@ -26,7 +26,7 @@ mod store;
 pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_files, hash_tree, hash_tree_with};
 pub use statcache::StatCache;
 pub use store::{
-    GcReport, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport,
+    GcReport, Health, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport,
 };
 
 use std::io::Write;

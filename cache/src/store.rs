@@ -126,6 +126,20 @@ pub struct GcReport {
     pub dry_run: bool,
 }
 
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Present, and its files hash to its name.
+    Intact,
+    /// Not in the store.
+    Missing,
+    /// Present, but its files hash to `found` (`None`: a file could not be read).
+    Damaged {
+        /// What the files hash to now.
+        found: Option<Hash>,
+    },
+}
+
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
@@ -220,7 +234,8 @@ impl Store {
         self.root.join("keys").join(format!("{}.json", key.hex()))
     }
 
-    /// Returns the record of a key whose artifact is present, or `None`.
+    /// Returns the record of a key whose artifact is present and intact (see [`Store::check`]), or
+    /// `None`: a damaged artifact is never reported cached, so its step runs again.
     pub fn lookup(&self, key: &Hash) -> Result<Option<KeyRecord>, Error> {
         let path = self.key_path(key);
         let bytes = match fs::read(&path) {
@@ -232,12 +247,39 @@ impl Store {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        if !self.object_path(&record.artifact).is_dir()
-            && !self.object_path(&record.artifact).is_file()
-        {
-            return Ok(None);
+        match self.check(&record.artifact)? {
+            Health::Intact => Ok(Some(record)),
+            Health::Missing => Ok(None),
+            Health::Damaged { .. } => {
+                tracing::warn!(
+                    "artifact {} of step `{}` is damaged; the step runs again",
+                    record.artifact.short(),
+                    record.step,
+                );
+                Ok(None)
+            }
         }
-        Ok(Some(record))
+    }
+
+    /// Whether the artifact `hash` is present and its files still hash to its name. Files whose stat
+    /// data (size, mtime, ctime, inode) match the stat cache are not read again, so checking an
+    /// unchanged artifact costs a directory walk; a changed file (edited, truncated, replaced, or a
+    /// hard link whose count changed) is re-hashed. Damage to a file that several artifacts share
+    /// through hard links shows in each of them.
+    pub fn check(&self, hash: &Hash) -> Result<Health, Error> {
+        let path = self.object_path(hash);
+        if !path.is_dir() && !path.is_file() {
+            return Ok(Health::Missing);
+        }
+        Ok(
+            match hash_tree_with(&path, true, &|p| self.stat.hash_file(p)) {
+                Ok(found) if found == *hash => Health::Intact,
+                Ok(found) => Health::Damaged { found: Some(found) },
+                // A file that vanished or became unreadable mid-walk is damage, not a failed run.
+                Err(Error::Io { .. }) => Health::Damaged { found: None },
+                Err(e) => return Err(e),
+            },
+        )
     }
 
     /// Reads a key record even if its artifact is gone (to explain what changed since).
@@ -299,6 +341,10 @@ impl Store {
         sync_tree(&staging.path)?;
         let artifact = hash_tree(&staging.path)?;
         let dest = self.object_path(&artifact);
+        if dest.exists() && matches!(self.check(&artifact)?, Health::Damaged { .. }) {
+            // The same content is stored, but damaged: the new copy replaces it.
+            remove_tree(&dest)?;
+        }
         if dest.exists() {
             // Same content already stored (another key produced it): keep the existing object.
             remove_tree(&staging.path)?;
@@ -690,6 +736,77 @@ mod tests {
         assert!(store.lockfiles().is_empty());
         store.register_lockfile(&a).unwrap();
         assert_eq!(store.lockfiles(), [a]);
+    }
+
+    /// Makes `path` writable again (committed artifacts are read-only), as an editor run by root would.
+    fn writable(path: &Path) {
+        let mut perms = fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        fs::set_permissions(path, perms).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_artifact_is_not_reported_cached_and_is_replaced_by_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = Hash::of_bytes(b"k");
+        let rec = commit_bytes(&store, &key, b"weights");
+        assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
+        let file = store.object_path(&rec.artifact).join("out.txt");
+        writable(&file);
+        fs::write(&file, b"weightz").unwrap();
+        assert!(matches!(
+            store.check(&rec.artifact).unwrap(),
+            Health::Damaged { found: Some(_) }
+        ));
+        assert!(store.lookup(&key).unwrap().is_none());
+        // The step runs again and commits the same content: the damaged copy is replaced.
+        let again = commit_bytes(&store, &key, b"weights");
+        assert_eq!(again.artifact, rec.artifact);
+        assert_eq!(fs::read(&file).unwrap(), b"weights");
+        assert!(store.lookup(&key).unwrap().is_some());
+        // A deleted file is damage too.
+        writable(&store.object_path(&rec.artifact));
+        fs::remove_file(&file).unwrap();
+        assert!(store.lookup(&key).unwrap().is_none());
+        assert_eq!(
+            store.check(&Hash::of_bytes(b"none")).unwrap(),
+            Health::Missing
+        );
+    }
+
+    #[test]
+    fn damage_to_a_hard_linked_file_shows_in_every_artifact_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = commit_bytes(&store, &Hash::of_bytes(b"a"), b"tokenizer");
+        let shared = store.object_path(&first.artifact).join("out.txt");
+        // A second artifact holds the same file through a hard link (as training links its base).
+        let key_b = Hash::of_bytes(b"b");
+        let second = {
+            let _lock = store.lock(&key_b, || {}).unwrap();
+            let staging = store.stage(&key_b).unwrap();
+            fs::hard_link(&shared, staging.path().join("tokenizer.json")).unwrap();
+            fs::write(staging.path().join("weights"), b"w").unwrap();
+            store.commit(staging, &key_b, record("b")).unwrap()
+        };
+        assert!(store.lookup(&key_b).unwrap().is_some());
+        // Truncating it through one artifact damages both, and both are found damaged.
+        writable(&shared);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&shared)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        for (key, rec) in [(Hash::of_bytes(b"a"), &first), (key_b, &second)] {
+            assert!(matches!(
+                store.check(&rec.artifact).unwrap(),
+                Health::Damaged { .. }
+            ));
+            assert!(store.lookup(&key).unwrap().is_none());
+        }
     }
 
     #[test]

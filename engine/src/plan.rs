@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use lf_cache::{Hash, KeyRecord, Store};
+use lf_cache::{Hash, Health, KeyRecord, Store};
 use serde::Serialize;
 use serde_json::Value as Json;
 
@@ -215,7 +215,12 @@ pub fn plan(
                     (_, true) => (Status::Run, vec!["forced".to_string()]),
                     (Some(_), false) => (Status::Cached, Vec::new()),
                     (None, false) => {
+                        let damaged = match store.record(&key.hash) {
+                            Some(r) => matches!(store.check(&r.artifact)?, Health::Damaged { .. }),
+                            None => false,
+                        };
                         let reasons = match &prev_json {
+                            _ if damaged => vec!["its artifact was damaged".to_string()],
                             Some(prev) if previous.get(&step.name) == Some(&key.hash) => {
                                 let _ = prev;
                                 vec!["its artifact is no longer in the store".to_string()]

@@ -304,6 +304,43 @@ steps:
 }
 
 #[test]
+fn a_damaged_cached_artifact_is_rebuilt_not_used() {
+    let p = Project::new();
+    chain(&p, "hello", "x");
+    ok(&p.lf(&["run", "p.yaml"]));
+    ran(&p);
+    // Edit `b`'s artifact in place, as root or an editor can despite the read-only bits.
+    let link = std::fs::read_link(p.path().join("runs/chain/b")).unwrap();
+    let file = link.join("b.txt");
+    for path in [&link, &file] {
+        let mut perms = std::fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(false);
+        std::fs::set_permissions(path, perms).unwrap();
+    }
+    std::fs::write(&file, "DAMAGED\n").unwrap();
+    let plan = p.lf(&["plan", "p.yaml", "--json"]);
+    ok(&plan);
+    let b = plan.json()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .cloned()
+        .unwrap();
+    assert_eq!(b["status"], "run", "{b}");
+    assert_eq!(b["reasons"][0], "its artifact was damaged", "{b}");
+    // `b` runs again and reproduces its bytes, so `c` (which reads them) stays cached.
+    let run = p.lf(&["run", "p.yaml", "--json"]);
+    ok(&run);
+    assert_eq!(ran(&p), ["b"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "HELLO\n");
+    let verify = p.lf(&["cache", "verify"]);
+    ok(&verify);
+    assert!(verify.stderr.contains("0 corrupted"), "{}", verify.stderr);
+}
+
+#[test]
 fn cache_ls_verify_and_gc() {
     let p = Project::new();
     chain(&p, "hello", "x");
