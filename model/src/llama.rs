@@ -11,7 +11,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::linear::{Linear, LoraConfig};
+use crate::linear::{LINEAR_MODULES, Linear, LoraConfig};
 use crate::ops;
 use crate::rope::{Rope, apply_rotary};
 
@@ -699,21 +699,11 @@ impl<B: Backend> Llama<B> {
         if cfg.rank == 0 {
             return Err(Error::config("LoRA rank must be positive"));
         }
-        let known = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-            "all-linear",
-            "all_linear",
-        ];
-        if let Some(bad) = cfg.targets.iter().find(|t| !known.contains(&t.as_str())) {
+        let known = |t: &str| LINEAR_MODULES.contains(&t) || t == "all-linear" || t == "all_linear";
+        if let Some(bad) = cfg.targets.iter().find(|t| !known(t)) {
             return Err(Error::config(format!(
                 "unknown LoRA target `{bad}`\nhint: targets are {}",
-                known[..7]
+                LINEAR_MODULES
                     .iter()
                     .map(|k| format!("`{k}`"))
                     .collect::<Vec<_>>()

@@ -95,15 +95,7 @@ fn visit_linear<B: Backend>(
 }
 
 /// The projections of a decoder layer that LoRA can adapt, by their short names.
-pub const LINEAR_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub use lf_model::linear::LINEAR_MODULES;
 
 /// The parts of a decoder layer `freeze.trainable_modules` may name (besides `all`).
 pub const LAYER_MODULES: [&str; 11] = [
