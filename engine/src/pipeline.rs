@@ -17,7 +17,15 @@ use crate::step::{AnyParams, DynStep, Problem, Registry};
 use crate::yaml::{self, DeError, Node, Span, Value};
 
 /// Top-level keys of a manifest.
-const TOP_KEYS: &[&str] = &["name", "description", "vars", "device", "dtype", "steps"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "vars",
+    "device",
+    "dtype",
+    "allow_outside",
+    "steps",
+];
 
 /// A validated pipeline, ready to plan.
 pub struct Pipeline {
@@ -126,6 +134,53 @@ impl Pipeline {
     }
 }
 
+/// Where a manifest's steps may read local files: its folder and the folders of `allow_outside`.
+struct Allowed {
+    roots: Vec<PathBuf>,
+}
+
+impl Allowed {
+    fn new(dir: &Path, extra: Vec<String>) -> Allowed {
+        let roots = std::iter::once(dir.to_path_buf())
+            .chain(extra.iter().map(|e| dir.join(e)))
+            .filter_map(|p| p.canonicalize().ok())
+            .collect();
+        Allowed { roots }
+    }
+
+    /// Whether `path` (which exists) lies under an allowed folder, after following links: a link in
+    /// the manifest's folder to a file elsewhere is outside.
+    fn covers(&self, path: &Path) -> bool {
+        path.canonicalize()
+            .is_ok_and(|real| self.roots.iter().any(|root| real.starts_with(root)))
+    }
+}
+
+fn outside(step: &str, text: &str, full: &Path, span: Span) -> Diagnostic {
+    let real = full.canonicalize().unwrap_or_else(|_| full.to_path_buf());
+    // Suggest the folder as the manifest names it (`../models`), unless only a link leads outside.
+    let written = Path::new(text).parent().filter(|p| {
+        p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+    });
+    let folder = written.unwrap_or_else(|| real.parent().unwrap_or(&real));
+    let through_link = match written {
+        Some(_) => String::new(),
+        None => format!(" (a link to {})", real.display()),
+    };
+    Diagnostic::error(
+        format!(
+            "step `{step}` reads `{text}`, which is outside the manifest's folder{through_link}"
+        ),
+        Some(span),
+    )
+    .label("outside")
+    .hint(format!(
+        "a manifest reads only files under its own folder unless it says otherwise: add\n  \
+         allow_outside: [{}]\nat its top level",
+        folder.display()
+    ))
+}
+
 /// Parses and validates a manifest. `path` is shown in messages and anchors relative paths.
 pub fn load(
     path: &Path,
@@ -224,6 +279,11 @@ pub fn load(
     vars.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
     let device = cx.typed(&root, "device").unwrap_or_default();
     let dtype = cx.typed(&root, "dtype").unwrap_or_default();
+    let allowed = Allowed::new(
+        &dir,
+        cx.typed::<Vec<String>>(&root, "allow_outside")
+            .unwrap_or_default(),
+    );
     if let Some(node) = root.get("description")
         && !matches!(node.value, Value::Str(_) | Value::Null)
     {
@@ -306,6 +366,10 @@ pub fn load(
             if may_be_path {
                 let full = dir.join(text);
                 if full.exists() {
+                    if !allowed.covers(&full) {
+                        cx.error(outside(&step.name, text, &full, span));
+                        continue;
+                    }
                     resolved.push(ResolvedInput {
                         field,
                         source: InputSource::Path(full),
@@ -778,6 +842,83 @@ fn is_defined(name: &str, vars: &BTreeMap<String, Json>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::step::{Step, StepContext};
+
+    /// A kind that is only loaded, never run.
+    struct Command;
+
+    impl Step for Command {
+        type Params = lf_schemas::kinds::CommandParams;
+        const KIND: &'static str = "command";
+        const VERSION: u32 = 1;
+        const ABOUT: &'static str = "test";
+
+        fn run(&self, _: &Self::Params, _: &mut StepContext<'_>) -> anyhow::Result<()> {
+            unreachable!("these tests only load manifests")
+        }
+    }
+
+    /// Loads `text` as `<root>/project/p.yaml`; the messages of its errors.
+    fn load_in(root: &Path, text: &str) -> Vec<String> {
+        let registry = Registry::new(&[&Command]);
+        match load(
+            &root.join("project/p.yaml"),
+            text,
+            &registry,
+            &BTreeMap::new(),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.into_iter().map(|d| d.message).collect(),
+        }
+    }
+
+    #[test]
+    fn local_paths_outside_the_manifests_folder_need_allow_outside() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        std::fs::create_dir_all(root.join("project/data")).unwrap();
+        std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+        std::fs::write(root.join("project/data/in.txt"), "in").unwrap();
+        std::fs::write(root.join("elsewhere/secret.txt"), "secret").unwrap();
+        let step = |input: &str| {
+            format!(
+                "name: p\nsteps:\n  a:\n    kind: command\n    run: cat x\n    inputs: {{x: {input}}}\n"
+            )
+        };
+
+        assert!(load_in(root, &step("data/in.txt")).is_empty());
+        let errors = load_in(root, &step("../elsewhere/secret.txt"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("outside the manifest's folder"),
+            "{errors:?}"
+        );
+        // An absolute path is no way around it.
+        let absolute = root.join("elsewhere/secret.txt");
+        assert_eq!(
+            load_in(root, &step(&absolute.display().to_string())).len(),
+            1
+        );
+
+        // Nor is a link inside the folder: where it leads counts.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&absolute, root.join("project/data/link.txt")).unwrap();
+            let errors = load_in(root, &step("data/link.txt"));
+            assert!(errors.iter().any(|e| e.contains("a link to")), "{errors:?}");
+        }
+
+        // `allow_outside` opens exactly the folders it names.
+        let allowed = format!(
+            "allow_outside: [../elsewhere]\n{}",
+            step("../elsewhere/secret.txt")
+        );
+        assert!(load_in(root, &allowed).is_empty());
+        std::fs::create_dir_all(root.join("third")).unwrap();
+        std::fs::write(root.join("third/t.txt"), "t").unwrap();
+        let other = format!("allow_outside: [../elsewhere]\n{}", step("../third/t.txt"));
+        assert_eq!(load_in(root, &other).len(), 1);
+    }
 
     fn render(src: &str) -> Vec<Diagnostic> {
         let mut node = yaml::parse(src).unwrap();

@@ -29,6 +29,11 @@ pub struct Manifest {
     /// Floating-point type of training and inference. Default `auto`: f32 on CPU, bf16 on CUDA.
     #[serde(default)]
     pub dtype: Dtype,
+    /// Folders outside the manifest's folder that steps may read local files from (relative to the
+    /// manifest's folder, or absolute). A local path a step reads must lie under the manifest's folder
+    /// or under one of these, so that a manifest from elsewhere cannot copy your files into the store.
+    #[serde(default)]
+    pub allow_outside: Vec<String>,
     /// The steps, by name. A step refers to another step's output by its name.
     pub steps: BTreeMap<String, serde_json::Value>,
 }

@@ -13,6 +13,7 @@ pub mod export;
 pub mod files;
 pub mod hub;
 pub mod kinds;
+pub mod sandbox;
 pub mod train;
 
 pub use kinds::{KINDS, registry};

@@ -3,7 +3,8 @@
 
 use crate::common::{Project, ok};
 
-/// A three-step chain `a → b → c` plus an independent `d`; each step appends its name to `ran.log` so a
+/// A three-step chain `a → b → c` plus an independent `d`; each step appends its name to `ran.log` (beside the
+/// manifest, so `sandbox: false`) so a
 /// test can count executions.
 fn chain(p: &Project, a_text: &str, c_flag: &str) {
     p.write(
@@ -15,17 +16,21 @@ vars:
 steps:
   a:
     kind: command
+    sandbox: false
     run: echo a >> ran.log; echo "{{{{ vars.greeting }}}}" > "$LF_OUT/a.txt"
   b:
     kind: command
+    sandbox: false
     run: echo b >> ran.log; tr a-z A-Z < "$LF_INPUT_A/a.txt" > "$LF_OUT/b.txt"
     inputs: {{a: a}}
   c:
     kind: command
+    sandbox: false
     run: echo c >> ran.log; cat "$LF_INPUT_B/b.txt" > "$LF_OUT/c.txt"; echo {c_flag} >> "$LF_OUT/c.txt"
     inputs: {{b: b}}
   d:
     kind: command
+    sandbox: false
     run: echo d >> ran.log; echo independent > "$LF_OUT/d.txt"
 "#
         ),
@@ -105,7 +110,7 @@ fn input_content_change_invalidates() {
     p.write("data/rows.txt", "one\n");
     p.write(
         "p.yaml",
-        "name: files\nsteps:\n  count:\n    kind: command\n    run: echo run >> ran.log; wc -l < \"$LF_INPUT_DATA\" > \"$LF_OUT/n\"\n    inputs: {data: data/rows.txt}\n",
+        "name: files\nsteps:\n  count:\n    kind: command\n    sandbox: false\n    run: echo run >> ran.log; wc -l < \"$LF_INPUT_DATA\" > \"$LF_OUT/n\"\n    inputs: {data: data/rows.txt}\n",
     );
     ok(&p.lf(&["run", "p.yaml"]));
     ok(&p.lf(&["run", "p.yaml"]));
@@ -230,9 +235,11 @@ fn concurrent_runs_execute_each_step_once() {
 steps:
   slow:
     kind: command
+    sandbox: false
     run: echo slow >> ran.log; sleep 1; echo done > "$LF_OUT/x"
   after:
     kind: command
+    sandbox: false
     run: echo after >> ran.log; cat "$LF_INPUT_S/x" > "$LF_OUT/y"
     inputs: {s: slow}
 "#,
@@ -252,6 +259,7 @@ fn killed_run_resumes_with_identical_outputs() {
 steps:
   count:
     kind: command
+    sandbox: false
     run: |
       n=$(cat "$LF_SCRATCH/n" 2>/dev/null || echo 0)
       [ "$n" -gt 0 ] && echo resumed-at-$n >> resumed.log

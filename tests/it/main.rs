@@ -10,6 +10,7 @@ mod export_evaluate;
 mod fuzz;
 mod hub;
 mod quickstart;
+mod sandbox;
 mod schema;
 mod shape;
 mod train;

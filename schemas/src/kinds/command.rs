@@ -12,8 +12,10 @@ use crate::{FieldPath, Input, Params};
 /// The program runs in the manifest's folder with these environment variables: `LF_OUT` (the folder to
 /// write the artifact into; it starts empty), `LF_SCRATCH` (a folder that survives a kill, for
 /// checkpoints; removed once the step succeeds), and `LF_INPUT_<NAME>` for each input (`NAME` upper-cased,
-/// `-` becoming `_`). The cache key holds the command line, `env`, and the content hashes of the inputs:
-/// files the program reads without declaring them are not tracked.
+/// `-` becoming `_`), and `TMPDIR` (a private temp folder). On Linux it runs sandboxed: it may write only
+/// to those folders and has no network, unless the step says `network: true` or `sandbox: false`. The
+/// cache key holds the command line, `env`, these two switches when not at their defaults, and the
+/// content hashes of the inputs: files the program reads without declaring them are not tracked.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandParams {
@@ -25,6 +27,27 @@ pub struct CommandParams {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Whether the program may use the network. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub network: bool,
+    /// Whether the program runs sandboxed (writes only to `$LF_OUT`, `$LF_SCRATCH` and `$TMPDIR`).
+    /// Default true; `false` lets it write anywhere you can, untracked.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub sandbox: bool,
+}
+
+// The switches stay out of the serialized parameters (and so the cache key) at their defaults: keys
+// of steps written before they existed did not move.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A command line.

@@ -1,13 +1,17 @@
-//! `command`: runs a program of the user's with declared inputs, writing its artifact into `$LF_OUT`.
+//! `command`: runs a program of the user's with declared inputs, writing its artifact into `$LF_OUT`,
+//! sandboxed (see [`crate::sandbox`]).
 
+use std::ffi::OsString;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::process::{Command as Process, Stdio};
 
 use anyhow::Context as _;
 use lf_engine::{Step, StepContext};
 use lf_schemas::kinds::CommandParams;
 use lf_schemas::kinds::command::CommandLine;
+
+use crate::sandbox::{self, Confinement, Policy};
 
 /// The `command` step kind.
 pub struct Command;
@@ -34,43 +38,72 @@ impl Step for Command {
     }
 
     fn run(&self, params: &CommandParams, cx: &mut StepContext<'_>) -> anyhow::Result<()> {
-        let mut process = match &params.run {
-            CommandLine::Shell(line) => {
-                let mut p = Process::new("sh");
-                p.arg("-c").arg(line);
-                p
-            }
-            CommandLine::Argv(argv) => {
-                let mut p = Process::new(&argv[0]);
-                p.args(&argv[1..]);
-                p
-            }
+        let (program, args): (OsString, Vec<OsString>) = match &params.run {
+            CommandLine::Shell(line) => ("sh".into(), vec!["-c".into(), line.into()]),
+            CommandLine::Argv(argv) => (
+                argv[0].clone().into(),
+                argv[1..].iter().map(Into::into).collect(),
+            ),
         };
-        let logs = cx.out_dir().join("logs");
+        let out = std::path::absolute(cx.out_dir())?;
+        let scratch = std::path::absolute(cx.scratch_dir())?;
+        let tmp = scratch.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        let logs = out.join("logs");
         fs::create_dir_all(&logs)?;
         let log_path = logs.join("output.log");
-        let log = fs::File::create(&log_path)?;
+        let mut log = fs::File::create(&log_path)?;
+
+        let policy = Policy {
+            writable: vec![out.clone(), scratch.clone()],
+            network: params.network,
+        };
+        let (mut process, confinement) = if params.sandbox {
+            sandbox::confine(&program, &args, &policy)?
+        } else {
+            let mut p = Process::new(&program);
+            p.args(&args);
+            (
+                p,
+                Confinement::None("the step says `sandbox: false`".into()),
+            )
+        };
+        writeln!(log, "[lf] {}", confinement.describe(&policy))?;
         process
             .current_dir(cx.manifest_dir())
-            .env("LF_OUT", std::path::absolute(cx.out_dir())?)
-            .env("LF_SCRATCH", std::path::absolute(cx.scratch_dir())?)
+            .env("LF_OUT", &out)
+            .env("LF_SCRATCH", &scratch)
+            .env("TMPDIR", &tmp)
             .envs(&params.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         die_with_parent(&mut process);
-        for (name, target) in &params.inputs {
+        for name in params.inputs.keys() {
             let path = cx.input(&format!("inputs.{name}"))?;
             process.env(input_var(name), std::path::absolute(path)?);
-            let _ = target;
         }
         let status = process
             .status()
             .with_context(|| format!("cannot start `{}`", describe(&params.run)))?;
         if !status.success() {
             let tail = tail(&log_path, 2000);
+            let hint = if confinement.confined() && denied(&tail) {
+                format!(
+                    "\nhint: the command ran sandboxed ({}): it may write only to $LF_OUT, $LF_SCRATCH and \
+                     $TMPDIR{}; write results into $LF_OUT, or give the step `sandbox: false`",
+                    confinement.mechanism(),
+                    if params.network {
+                        ""
+                    } else {
+                        ", and has no network unless the step says `network: true`"
+                    }
+                )
+            } else {
+                String::new()
+            };
             anyhow::bail!(
-                "`{}` exited with {status}{}",
+                "`{}` exited with {status}{}{hint}",
                 describe(&params.run),
                 if tail.is_empty() {
                     String::new()
@@ -81,6 +114,18 @@ impl Step for Command {
         }
         Ok(())
     }
+}
+
+/// Whether a program's output looks like the sandbox stopped it.
+fn denied(output: &str) -> bool {
+    [
+        "Permission denied",
+        "Read-only file system",
+        "Network is unreachable",
+        "Operation not permitted",
+    ]
+    .iter()
+    .any(|m| output.contains(m))
 }
 
 /// Makes the program die when lf does: a killed run must not leave the program writing into the step's
