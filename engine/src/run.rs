@@ -14,7 +14,7 @@ use tracing::{info, info_span, warn};
 
 use crate::lockfile::{LockedStep, Lockfile};
 use crate::numerics::Numerics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{InputSource, Pipeline};
 use crate::plan::{self, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
 use crate::progress::Progress;
 use crate::record::{RunRecord, StepRecord, StepStatus};
@@ -269,7 +269,7 @@ fn run_step(
     let key = cache_key(step, planned.pin.as_ref(), inputs, &plan.numerics);
     let fail = |key: Option<Hash>, error: String| Done::Failed {
         key,
-        error,
+        error: user_paths(error, pipeline, i, input_paths, &options.runs_dir),
         wall_s: started.elapsed().as_secs_f64(),
     };
     if let Some(lock) = &options.locked
@@ -496,6 +496,24 @@ fn check_locked_key(
 }
 
 /// Points `runs/<pipeline>/<step>` at an artifact (replacing any older link atomically).
+/// A step's error with the store paths of its inputs replaced by the `runs/` links of the steps that made
+/// them (linked as each step finishes), which the user knows and can open.
+fn user_paths(
+    mut error: String,
+    pipeline: &Pipeline,
+    i: usize,
+    input_paths: &BTreeMap<String, PathBuf>,
+    runs_dir: &Path,
+) -> String {
+    for input in &pipeline.steps[i].inputs {
+        if let (InputSource::Step(j), Some(path)) = (&input.source, input_paths.get(&input.field)) {
+            let link = runs_dir.join(&pipeline.name).join(&pipeline.steps[*j].name);
+            error = error.replace(&path.display().to_string(), &link.display().to_string());
+        }
+    }
+    error
+}
+
 fn link_artifact(runs_dir: &Path, pipeline: &str, step: &str, object: &Path) -> Option<PathBuf> {
     let dir = runs_dir.join(pipeline);
     let link = dir.join(step);

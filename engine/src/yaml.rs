@@ -558,6 +558,30 @@ impl de::Error for DeError {
     }
 }
 
+impl Node {
+    /// An integer literal too large for 64 bits reads as a float; where a float is not wanted, say so
+    /// rather than "invalid type: floating point".
+    fn too_large(&self, e: DeError) -> DeError {
+        let integer = self.raw.as_deref().is_some_and(|raw| {
+            let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw);
+            !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+        match e.message.strip_prefix("invalid type: floating point") {
+            Some(rest) if integer => {
+                let expected = rest.split_once(", ").map_or("", |(_, x)| x);
+                DeError {
+                    message: format!(
+                        "the integer {} is out of range, {expected}",
+                        self.raw.as_deref().unwrap_or_default()
+                    ),
+                    ..e
+                }
+            }
+            _ => e,
+        }
+    }
+}
+
 /// Deserializes a `T` from a node; errors carry the span of the value at fault.
 pub fn from_node<'de, T: de::Deserialize<'de>>(node: &'de Node) -> Result<T, DeError> {
     T::deserialize(node).map_err(|e| e.at(node.span))
@@ -571,7 +595,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
             Value::Null => visitor.visit_unit(),
             Value::Bool(b) => visitor.visit_bool(*b),
             Value::Int(i) => visitor.visit_i64(*i),
-            Value::Float(f) => visitor.visit_f64(*f),
+            Value::Float(f) => visitor.visit_f64(*f).map_err(|e| self.too_large(e)),
             Value::Str(s) => visitor.visit_borrowed_str(s),
             Value::Seq(items) => visitor.visit_seq(SeqAccess {
                 items: items.iter(),

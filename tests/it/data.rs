@@ -179,3 +179,84 @@ steps:
     ok(&run);
     assert_eq!(run.status_of("data"), "ran");
 }
+
+/// Data problems name what is at fault: the empty file, each dropped row (file:line), the step whose
+/// tokenizer fails and the file as the user can open it (its `runs/` link, not a store path).
+#[test]
+fn data_problems_name_the_file_the_rows_and_the_step() {
+    let p = Project::new();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/tokenizer");
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        p.write(
+            &format!("tok/{file}"),
+            &std::fs::read_to_string(fixture.join(file)).unwrap(),
+        );
+    }
+    p.write("data/empty.jsonl", "");
+    let long = "x ".repeat(600);
+    p.write(
+        "data/rows.jsonl",
+        &format!(
+            "{{\"instruction\": \"hi\", \"output\": \"hello\"}}\n\
+             {{\"instruction\": \"{long}\", \"output\": \"y\"}}\n\
+             {{\"instruction\": \"q\", \"output\": \"\"}}\n\
+             {{\"instruction\": \"{long}\", \"output\": \"w\"}}\n"
+        ),
+    );
+    p.write(
+        "p.yaml",
+        r#"name: w
+steps:
+  model:
+    kind: download
+    path: tok
+  some-dropped:
+    kind: dataset
+    model: model
+    cutoff_len: 256
+    datasets: [{source: data/rows.jsonl, format: alpaca}, {source: data/empty.jsonl, format: alpaca}]
+  all-empty:
+    kind: dataset
+    model: model
+    datasets: [{source: data/empty.jsonl, format: alpaca}]
+"#,
+    );
+    let first = p.lf(&["run", "p.yaml"]);
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    let dropped = p.read("runs/w/some-dropped/dropped.jsonl");
+    assert_eq!(dropped.lines().count(), 3, "{dropped}");
+    assert!(dropped.contains(r#""file":"data/rows.jsonl","reason":"too_long","row":2"#));
+
+    // A broken tokenizer, named by step and by the file the user can open.
+    p.write("tok/tokenizer.json", "{\"version\": \"1.0\", \"model\": {");
+    let second = p.lf(&["run", "p.yaml"]);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+
+    let project = p.path().display().to_string();
+    // The messages, without timings; sorted, as the two dataset steps run in parallel.
+    let relevant = |run: &crate::common::Run| -> String {
+        let mut lines: Vec<String> = (run.stderr.clone() + &run.stdout)
+            .lines()
+            .map(|l| l.replace(&project, "<project>"))
+            .map(|l| {
+                l.replace("WARN lf_steps::data::build:", "warning:")
+                    .trim()
+                    .to_string()
+            })
+            .filter(|l| {
+                ["dropped as", "no rows", "hint:", "cannot load"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        lines.sort();
+        lines.dedup();
+        lines.join("\n")
+    };
+    insta::assert_snapshot!(format!(
+        "first run:\n{}\n\nbroken tokenizer:\n{}",
+        relevant(&first),
+        relevant(&second)
+    ));
+}

@@ -17,7 +17,7 @@ use super::artifact::{
 };
 use super::chat::{ChatTemplate, builtin};
 use super::encode::{Dropped, Encoded, Encoder, Flags, IGNORE, Outcome, Settings};
-use super::error::{DataError, list};
+use super::error::{DataError, Origin, list};
 use super::files::{Row, Several, find, read_rows};
 use super::format::{Layout, Sample, dataset_info_entry, resolve};
 use super::pack::{Key, Table, blocks, hash_order, key_of, pack, split, val_count};
@@ -39,6 +39,8 @@ pub struct Inputs {
 struct Item {
     key: Key,
     sample: Sample,
+    /// Where the row comes from, to name it when it is dropped.
+    origin: Origin,
 }
 
 /// Builds the artifact into `out`, returning its `info.json`.
@@ -48,8 +50,8 @@ pub fn build(
     out: &Path,
     progress: &Progress,
 ) -> anyhow::Result<DatasetInfo> {
-    let tok =
-        ModelTokenizer::load(&inputs.model).context("cannot load the tokenizer of `model`")?;
+    let tok = ModelTokenizer::load(&inputs.model)
+        .with_context(|| format!("cannot load the tokenizer of step `{}`", p.model))?;
     let mut notes = Vec::new();
     let template = match p.stage {
         Stage::Pt => {
@@ -71,9 +73,33 @@ pub fn build(
         per_dataset.push(items);
         sources.push(info);
     }
+    for (i, info) in sources.iter().enumerate() {
+        if info.rows == 0 {
+            let note = format!(
+                "`datasets[{i}]` ({}) holds no rows",
+                describe_files(&info.files)
+            );
+            if sources.iter().any(|s| s.rows > 0) {
+                warn!("{note}");
+                notes.push(note);
+            }
+        }
+    }
     let items = mix(p, per_dataset);
     let rows = items.len();
-    anyhow::ensure!(rows > 0, "the datasets hold no rows");
+    if rows == 0 {
+        let empty: Vec<String> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("`datasets[{i}]` ({})", describe_files(&s.files)))
+            .collect();
+        anyhow::bail!(
+            "the datasets hold no rows: {} {} empty\n\
+             hint: a JSON file holds an array of rows, a JSONL file one row per line, a CSV file a header and rows",
+            empty.join(", "),
+            if empty.len() == 1 { "is" } else { "are" }
+        );
+    }
     let placeholders = items
         .iter()
         .filter(|it| has_placeholder(&it.sample))
@@ -109,14 +135,25 @@ pub fn build(
     // Count what was left out.
     let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
     let mut first_detail: BTreeMap<Dropped, String> = BTreeMap::new();
+    let mut dropped_at: BTreeMap<Dropped, Vec<&Origin>> = BTreeMap::new();
+    let mut dropped_rows = String::new();
     let (mut truncated, mut mismatch, mut searched) = (0, 0, 0);
-    for o in &outcomes {
+    for (it, o) in items.iter().zip(&outcomes) {
         let flags = match o {
             Outcome::Dropped(why, detail) => {
                 *dropped.entry(why.name().to_string()).or_default() += 1;
                 if let Some(d) = detail {
                     first_detail.entry(*why).or_insert_with(|| d.clone());
                 }
+                dropped_at.entry(*why).or_default().push(&it.origin);
+                let line = serde_json::json!({
+                    "file": &*it.origin.file,
+                    "row": it.origin.pos.number(),
+                    "reason": why.name(),
+                    "detail": detail,
+                });
+                dropped_rows.push_str(&line.to_string());
+                dropped_rows.push('\n');
                 continue;
             }
             Outcome::Seq { flags, .. } | Outcome::Pair { flags, .. } => *flags,
@@ -126,14 +163,33 @@ pub fn build(
         mismatch += usize::from(flags.prefix_mismatch);
         searched += usize::from(flags.searched);
     }
-    for (why, detail) in &first_detail {
-        let n = dropped[why.name()];
+    for (why, at) in &dropped_at {
+        let n = at.len();
+        let shown: Vec<String> = at
+            .iter()
+            .take(SHOWN_DROPPED)
+            .map(|o| o.to_string())
+            .collect();
+        let more = if n > SHOWN_DROPPED {
+            format!(" and {} more (all in `dropped.jsonl`)", n - SHOWN_DROPPED)
+        } else {
+            String::new()
+        };
+        let because = first_detail
+            .get(why)
+            .map(|d| format!("; the first because: {d}"))
+            .unwrap_or_default();
+        let rows = if n == 1 { "row" } else { "rows" };
         let note = format!(
-            "{n} rows dropped as {}; the first because: {detail}",
-            why.name()
+            "{n} {rows} dropped as {}: {}{more}{because}",
+            why.name(),
+            shown.join(", ")
         );
         warn!("{note}");
         notes.push(note);
+    }
+    if !dropped_rows.is_empty() {
+        std::fs::write(out.join("dropped.jsonl"), &dropped_rows)?;
     }
     let dropped_total: usize = dropped.values().sum();
     let kept = rows - dropped_total;
@@ -426,6 +482,7 @@ fn load_dataset(
             Ok(Item {
                 key: key_of(&serde_json::to_vec(&row.value).expect("JSON values serialize")),
                 sample: stage_sample(stage, &layout, row)?,
+                origin: row.origin.clone(),
             })
         })
         .collect();
@@ -554,6 +611,7 @@ fn mix(p: &DatasetParams, mut per_dataset: Vec<Vec<Item>>) -> Vec<Item> {
         out.push(Item {
             key: d[i].key,
             sample: d[i].sample.clone(),
+            origin: d[i].origin.clone(),
         });
         cursor[pick] += 1;
         if cursor[pick] == d.len() {
@@ -568,6 +626,19 @@ fn mix(p: &DatasetParams, mut per_dataset: Vec<Vec<Item>>) -> Vec<Item> {
         d.clear();
     }
     out
+}
+
+/// How many dropped rows a note names; `dropped.jsonl` in the artifact lists them all.
+const SHOWN_DROPPED: usize = 3;
+
+/// A source's files for a message: `a.jsonl`, or `a.jsonl, b.jsonl`, or `a.jsonl and 4 more`.
+fn describe_files(files: &[String]) -> String {
+    match files {
+        [] => "no files".to_string(),
+        [one] => format!("`{one}`"),
+        [a, b] => format!("`{a}`, `{b}`"),
+        [a, rest @ ..] => format!("`{a}` and {} more", rest.len()),
+    }
 }
 
 fn describe_dropped(dropped: &BTreeMap<String, usize>) -> String {

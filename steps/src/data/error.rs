@@ -24,6 +24,16 @@ pub enum Pos {
     File,
 }
 
+impl Pos {
+    /// The row or line number; `None` for the whole file.
+    pub fn number(self) -> Option<usize> {
+        match self {
+            Pos::Row(n) | Pos::Line(n) => Some(n),
+            Pos::File => None,
+        }
+    }
+}
+
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pos {
