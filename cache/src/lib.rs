@@ -27,6 +27,7 @@ pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_files, hash_tree, hash_tree_
 pub use statcache::StatCache;
 pub use store::{
     GcReport, Health, KeyLock, KeyRecord, NewRecord, ObjectInfo, Staging, Store, VerifyReport,
+    describe_damage,
 };
 
 use std::io::Write;

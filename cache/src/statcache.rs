@@ -102,6 +102,11 @@ impl StatCache {
         Ok(hash)
     }
 
+    /// The hash recorded for `path`, whatever its stat data is now.
+    pub fn recorded(&self, path: &Path) -> Option<Hash> {
+        self.entries.lock().unwrap().get(path).map(|e| e.hash)
+    }
+
     /// Writes the cache back if it changed.
     pub fn save(&self) -> Result<(), Error> {
         let mut dirty = self.dirty.lock().unwrap();

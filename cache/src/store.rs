@@ -127,7 +127,7 @@ pub struct GcReport {
 }
 
 /// What [`Store::check`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     /// Present, and its files hash to its name.
     Intact,
@@ -137,7 +137,20 @@ pub enum Health {
     Damaged {
         /// What the files hash to now.
         found: Option<Hash>,
+        /// The files known to have changed (relative to the artifact): those whose content differs
+        /// from what the stat cache recorded, or that could not be read. Empty when lf cannot tell
+        /// (a file never recorded, or one added).
+        files: Vec<PathBuf>,
     },
+}
+
+/// ` (changed: a, b)` for a damage report, or nothing when the files are not known.
+pub fn describe_damage(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = files.iter().map(|f| format!("`{}`", f.display())).collect();
+    format!(" (changed: {})", names.join(", "))
 }
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -183,6 +196,16 @@ impl Store {
     /// Where an artifact lives (whether or not it exists).
     pub fn object_path(&self, artifact: &Hash) -> PathBuf {
         self.root.join("objects").join(artifact.hex())
+    }
+
+    /// The artifact a path is (an object folder, or a `runs/` link to one), if it is in this store.
+    pub fn artifact_at(&self, path: &Path) -> Option<Hash> {
+        let real = path.canonicalize().ok()?;
+        let objects = self.root.join("objects").canonicalize().ok()?;
+        if real.parent()? != objects {
+            return None;
+        }
+        real.file_name()?.to_str()?.parse().ok()
     }
 
     /// Where run records are written.
@@ -250,11 +273,12 @@ impl Store {
         match self.check(&record.artifact)? {
             Health::Intact => Ok(Some(record)),
             Health::Missing => Ok(None),
-            Health::Damaged { .. } => {
+            Health::Damaged { files, .. } => {
                 tracing::warn!(
-                    "artifact {} of step `{}` is damaged; the step runs again",
+                    "artifact {} of step `{}` is damaged{}; the step runs again",
                     record.artifact.short(),
                     record.step,
+                    describe_damage(&files)
                 );
                 Ok(None)
             }
@@ -271,15 +295,33 @@ impl Store {
         if !path.is_dir() && !path.is_file() {
             return Ok(Health::Missing);
         }
-        Ok(
-            match hash_tree_with(&path, true, &|p| self.stat.hash_file(p)) {
-                Ok(found) if found == *hash => Health::Intact,
-                Ok(found) => Health::Damaged { found: Some(found) },
-                // A file that vanished or became unreadable mid-walk is damage, not a failed run.
-                Err(Error::Io { .. }) => Health::Damaged { found: None },
-                Err(e) => return Err(e),
-            },
-        )
+        let changed = std::sync::Mutex::new(Vec::new());
+        let hash_file = |p: &Path| {
+            let recorded = self.stat.recorded(p);
+            let now = self.stat.hash_file(p)?;
+            if recorded.is_some_and(|r| r != now) {
+                changed.lock().unwrap().push(p.to_path_buf());
+            }
+            Ok(now)
+        };
+        let found = match hash_tree_with(&path, true, &hash_file) {
+            Ok(found) if found == *hash => return Ok(Health::Intact),
+            Ok(found) => Some(found),
+            // A file that vanished or became unreadable mid-walk is damage, not a failed run.
+            Err(Error::Io { path: bad, .. }) => {
+                changed.lock().unwrap().push(bad);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let mut files: Vec<PathBuf> = changed
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.strip_prefix(&path).map(Path::to_path_buf).unwrap_or(p))
+            .collect();
+        files.sort();
+        Ok(Health::Damaged { found, files })
     }
 
     /// Reads a key record even if its artifact is gone (to explain what changed since).
@@ -755,10 +797,20 @@ mod tests {
         assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
         let file = store.object_path(&rec.artifact).join("out.txt");
         writable(&file);
+        // An old file, so that the stat cache records it.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
         fs::write(&file, b"weightz").unwrap();
+        // The stat cache knew the file's content, so the report names it.
         assert!(matches!(
             store.check(&rec.artifact).unwrap(),
-            Health::Damaged { found: Some(_) }
+            Health::Damaged { found: Some(_), files } if files == [PathBuf::from("out.txt")]
         ));
         assert!(store.lookup(&key).unwrap().is_none());
         // The step runs again and commits the same content: the damaged copy is replaced.

@@ -495,7 +495,6 @@ fn check_locked_key(
     ))
 }
 
-/// Points `runs/<pipeline>/<step>` at an artifact (replacing any older link atomically).
 /// A step's error with the store paths of its inputs replaced by the `runs/` links of the steps that made
 /// them (linked as each step finishes), which the user knows and can open.
 fn user_paths(
@@ -514,6 +513,7 @@ fn user_paths(
     error
 }
 
+/// Points `runs/<pipeline>/<step>` at an artifact (replacing any older link atomically).
 fn link_artifact(runs_dir: &Path, pipeline: &str, step: &str, object: &Path) -> Option<PathBuf> {
     let dir = runs_dir.join(pipeline);
     let link = dir.join(step);

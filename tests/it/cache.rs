@@ -327,6 +327,16 @@ fn a_damaged_cached_artifact_is_rebuilt_not_used() {
         std::fs::set_permissions(path, perms).unwrap();
     }
     std::fs::write(&file, "DAMAGED\n").unwrap();
+    // What does not rebuild (chat reads a step's artifact directly) stops, naming it and the way out.
+    let chat = p.lf(&["chat", "-f", "p.yaml", "--model", "b", "--prompt", "hi"]);
+    assert_eq!(chat.code, 1, "{}", chat.stderr);
+    for part in [
+        "the artifact of step `b`",
+        "is damaged",
+        "lf cache verify --repair",
+    ] {
+        assert!(chat.stderr.contains(part), "{part}: {}", chat.stderr);
+    }
     let plan = p.lf(&["plan", "p.yaml", "--json"]);
     ok(&plan);
     let b = plan.json()["steps"]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Args;
+use lf_cache::Health;
 use lf_schemas::{Device, Dtype};
 
 use super::exit::{self, Exit, Failure};
@@ -97,6 +98,23 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result<PathBuf>
             "step `{}` of `{}` has not produced an artifact yet\nhint: run `lf run {}` first",
             args.model,
             pipeline.name,
+            args.file
+                .as_ref()
+                .map_or(String::new(), |f| f.display().to_string())
+        )
+        .into());
+    }
+    // Chat does not rebuild what it reads: a damaged artifact stops it, naming what changed.
+    let store = super::open_store(cli)?;
+    if let Some(artifact) = store.artifact_at(&link)
+        && let Health::Damaged { files, .. } = store.check(&artifact)?
+    {
+        return Err(anyhow::anyhow!(
+            "the artifact of step `{}` ({}) is damaged{}\n\
+             hint: `lf run {}` builds it again; `lf cache verify --repair` removes every damaged artifact",
+            args.model,
+            link.display(),
+            lf_cache::describe_damage(&files),
             args.file
                 .as_ref()
                 .map_or(String::new(), |f| f.display().to_string())
