@@ -253,11 +253,17 @@ pub fn generate<B: Backend>(
         decode_secs: 0.0,
     };
     opts.sampling.validate()?;
-    if b == 0 || opts.max_new_tokens == 0 {
+    if b == 0 {
         return Ok(out);
     }
     if let Some(p) = prompts.iter().position(Vec::is_empty) {
         return Err(Error::config(format!("prompt {p} is empty")));
+    }
+    let vocab = model.config.vocab_size;
+    if let Some(id) = prompts.iter().flatten().find(|&&id| id as usize >= vocab) {
+        return Err(Error::Request(format!(
+            "token id {id} is outside the model's vocabulary ({vocab} tokens)\nhint: the tokenizer does not belong to this model"
+        )));
     }
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let max_len = *lens.iter().max().unwrap_or(&0);
@@ -269,6 +275,9 @@ pub fn generate<B: Backend>(
             "the prompt has {max_len} tokens; the model's context holds {context}, so at most {} fit with room for an answer\nhint: shorten the prompt (or the conversation so far)",
             context.saturating_sub(1)
         )));
+    }
+    if opts.max_new_tokens == 0 {
+        return Ok(out);
     }
     let max_new_tokens = opts.max_new_tokens.min(context - max_len);
     let padded = lens.iter().any(|&l| l != max_len);

@@ -1130,3 +1130,85 @@ fn throughput_of_nothing_is_zero() {
     assert_eq!(out.prompt_tokens_per_sec(), 0.0);
     assert_eq!(out.gen_tokens_per_sec(), 0.0);
 }
+
+/// Hostile generation requests: prompts from empty to past the context, ids outside the vocabulary,
+/// every sampling setting from NaN to huge, `max_new_tokens` up to `usize::MAX`. Each is answered within
+/// the context or refused with an error; none panics.
+#[test]
+fn random_requests_are_answered_within_the_context_or_refused() {
+    let model = load_tiny("llama", Dtype::F32).model;
+    let context = model.config.max_position_embeddings;
+    let vocab = model.config.vocab_size as u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        // xorshift64*: enough to spread cases, and the same cases every run.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    };
+    // A hostile value a quarter of the time, else a sensible one.
+    let hostile = [f32::NAN, f32::INFINITY, -1.0, 0.0, 1e30];
+    let sensible = [1e-30, 0.5, 0.9, 1.0, 1.5];
+    let mut float = |next: &mut dyn FnMut(u64) -> u64| {
+        let pool = if next(4) == 0 { &hostile } else { &sensible };
+        pool[next(pool.len() as u64) as usize]
+    };
+    let budgets = [0, 1, 3, 1_000, usize::MAX];
+    let (mut answered, mut refused) = (0, 0);
+    const CASES: usize = 150;
+    for case in 0..CASES {
+        let rows = 1 + next(3) as usize;
+        // One case in ten has ids just past the vocabulary.
+        let past_vocab = next(10) == 0;
+        let mut prompts: Vec<Vec<u32>> = (0..rows)
+            .map(|_| {
+                let len = next(context as u64 + 8) as usize;
+                (0..len).map(|_| next(vocab) as u32).collect()
+            })
+            .collect();
+        if past_vocab && let Some(p) = prompts.iter_mut().find(|p| !p.is_empty()) {
+            p[0] = (vocab + next(4)) as u32;
+        }
+        let opts = GenerateOptions {
+            max_new_tokens: budgets[next(budgets.len() as u64) as usize],
+            sampling: Sampling {
+                temperature: float(&mut next),
+                top_k: next(5) as usize,
+                top_p: float(&mut next),
+                repetition_penalty: float(&mut next),
+                seed: case as u64,
+            },
+            ..Default::default()
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            generate(&model, &prompts, &opts, None, &mut |_, _| {})
+        }));
+        match result {
+            Err(_) => panic!("case {case} panicked: {prompts:?} {opts:?}"),
+            Ok(Ok(out)) => {
+                answered += 1;
+                for (p, t) in prompts.iter().zip(&out.tokens) {
+                    assert!(
+                        p.len() + t.len() <= context,
+                        "case {case} ran past the context: {} + {} > {context}, lens {:?}, {opts:?}",
+                        p.len(),
+                        t.len(),
+                        prompts.iter().map(Vec::len).collect::<Vec<_>>()
+                    );
+                    assert!(t.len() <= opts.max_new_tokens, "case {case}");
+                    assert!(t.iter().all(|&id| (id as u64) < vocab), "case {case}");
+                }
+            }
+            Ok(Err(e)) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    eprintln!("{CASES} requests: {answered} answered, {refused} refused");
+    assert!(
+        answered > 0 && refused > 0,
+        "{answered} answered, {refused} refused"
+    );
+}
