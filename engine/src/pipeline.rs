@@ -449,6 +449,27 @@ pub fn locate(node: &Node, field: &FieldPath) -> Option<Span> {
 /// long string would otherwise keep `lf validate` busy for minutes.
 const TEMPLATE_FUEL: u64 = 100_000;
 
+/// The most text one manifest value may render to. Each expression can make up to 100 MB (minijinja's
+/// bound on a repeated string); this stops a loop from stacking them up.
+const TEMPLATE_OUTPUT: usize = 1 << 20;
+
+/// A sink that refuses to grow past [`TEMPLATE_OUTPUT`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_OUTPUT {
+            return Err(std::io::Error::other("template output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn template_env() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -764,7 +785,11 @@ fn render_templates(
                 return;
             }
         };
-        match template.render(&ctx) {
+        let mut sink = Bounded(Vec::new());
+        let result = template
+            .render_captured_to(&ctx, &mut sink)
+            .map(|_| String::from_utf8_lossy(&sink.0).into_owned());
+        match result {
             Ok(rendered) => {
                 let trimmed = text.trim();
                 let single = trimmed.starts_with("{{")
@@ -779,6 +804,16 @@ fn render_templates(
                     Value::Str(rendered.clone())
                 };
                 n.raw = Some(rendered);
+            }
+            Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => {
+                diags.push(
+                    Diagnostic::error(
+                        format!("template output too large: over {} MiB", TEMPLATE_OUTPUT >> 20),
+                        Some(n.span),
+                    )
+                    .label("this template")
+                    .hint("manifest templates are for substituting variables; compute large values outside lf"),
+                );
             }
             Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
                 diags.push(
