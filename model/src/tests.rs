@@ -1150,7 +1150,7 @@ fn random_requests_are_answered_within_the_context_or_refused() {
     // A hostile value a quarter of the time, else a sensible one.
     let hostile = [f32::NAN, f32::INFINITY, -1.0, 0.0, 1e30];
     let sensible = [1e-30, 0.5, 0.9, 1.0, 1.5];
-    let mut float = |next: &mut dyn FnMut(u64) -> u64| {
+    let float = |next: &mut dyn FnMut(u64) -> u64| {
         let pool = if next(4) == 0 { &hostile } else { &sensible };
         pool[next(pool.len() as u64) as usize]
     };

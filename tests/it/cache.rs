@@ -255,18 +255,19 @@ steps:
 #[test]
 fn killed_run_resumes_with_identical_outputs() {
     // A step that counts to 8 slowly, checkpointing in $LF_SCRATCH: killed, it resumes where it stopped.
+    // It runs sandboxed; it notes each resumption in its logs (not part of the artifact's hash).
     let manifest = r#"name: resumable
 steps:
   count:
     kind: command
-    sandbox: false
     run: |
       n=$(cat "$LF_SCRATCH/n" 2>/dev/null || echo 0)
-      [ "$n" -gt 0 ] && echo resumed-at-$n >> resumed.log
+      [ "$n" -gt 0 ] && echo resumed-at-$n >> "$LF_SCRATCH/resumed.log"
       while [ "$n" -lt 8 ]; do
         n=$((n + 1)); echo "line $n" >> "$LF_SCRATCH/out"; echo $n > "$LF_SCRATCH/n"; sleep 0.1
       done
       cp "$LF_SCRATCH/out" "$LF_OUT/out.txt"
+      cp "$LF_SCRATCH/resumed.log" "$LF_OUT/logs/" 2>/dev/null || true
   after:
     kind: command
     run: sort -r "$LF_INPUT_C/out.txt" > "$LF_OUT/sorted.txt"
@@ -297,7 +298,7 @@ steps:
         }
         ok(&p.lf(&["run", "p.yaml"]));
         assert_eq!(p.outputs("p.yaml"), expected);
-        resumed_once |= !p.read("resumed.log").is_empty();
+        resumed_once |= !p.read("runs/resumable/count/logs/resumed.log").is_empty();
         // The next run removed the staging folders the killed ones left.
         let staging: Vec<_> = std::fs::read_dir(p.path().join(".lf/tmp"))
             .unwrap()
@@ -396,4 +397,110 @@ fn cache_ls_verify_and_gc() {
     let run = p.lf(&["run", "p.yaml", "--json"]);
     ok(&run);
     assert!(run.statuses().iter().all(|(_, s)| s == "cached"));
+}
+
+/// Seeded random damage to cached artifacts (a flipped byte, a truncation, an append, a deleted file,
+/// same-size content with the old mtime put back, a mode change): content damage always re-runs the
+/// step and restores the bytes; a mode change alone stays cached.
+#[test]
+fn random_store_damage_is_always_rebuilt() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    chain(&p, "hello", "x");
+    ok(&p.lf(&["run", "p.yaml"]));
+    ran(&p);
+    let steps = ["a", "b", "c", "d"];
+    let file_of = |s: &str| {
+        std::fs::read_link(p.path().join(format!("runs/chain/{s}")))
+            .unwrap()
+            .join(format!("{s}.txt"))
+    };
+    let original: Vec<Vec<u8>> = steps
+        .iter()
+        .map(|s| std::fs::read(file_of(s)).unwrap())
+        .collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x9e37_79b9_7f4a_7c15) % n
+    };
+    const DAMAGES: [&str; 6] = ["flip", "truncate", "append", "delete", "same-size", "chmod"];
+    const CASES: usize = 18;
+    let mut counts = [0usize; DAMAGES.len()];
+    for case in 0..CASES {
+        let which = next(steps.len() as u64) as usize;
+        let damage = if case < DAMAGES.len() {
+            case
+        } else {
+            next(DAMAGES.len() as u64) as usize
+        };
+        counts[damage] += 1;
+        let file = file_of(steps[which]);
+        let dir = file.parent().unwrap().to_path_buf();
+        // Writable again, as root or an editor can make it; the executable bit is content, so kept off.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let bytes = original[which].clone();
+        match DAMAGES[damage] {
+            "flip" => {
+                let mut b = bytes.clone();
+                let at = next(b.len() as u64) as usize;
+                b[at] ^= 1 << next(8);
+                std::fs::write(&file, b).unwrap();
+            }
+            "truncate" => {
+                std::fs::write(&file, &bytes[..next(bytes.len() as u64) as usize]).unwrap()
+            }
+            "append" => std::fs::write(&file, [bytes.as_slice(), b"!"].concat()).unwrap(),
+            "delete" => std::fs::remove_file(&file).unwrap(),
+            "same-size" => {
+                let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+                let swapped: Vec<u8> = bytes
+                    .iter()
+                    .map(|b| if *b == b'\n' { b'\n' } else { b'Z' })
+                    .collect();
+                std::fs::write(&file, swapped).unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&file)
+                    .unwrap()
+                    .set_modified(mtime)
+                    .unwrap();
+            }
+            "chmod" => {}
+            other => unreachable!("{other}"),
+        }
+        let run = p.lf(&["run", "p.yaml", "--json"]);
+        ok(&run);
+        let status = run.status_of(steps[which]);
+        if DAMAGES[damage] == "chmod" {
+            assert_eq!(
+                status, "cached",
+                "case {case}: a mode change alone is not damage"
+            );
+        } else {
+            assert_eq!(
+                status, "ran",
+                "case {case}: {} of `{}` was used",
+                DAMAGES[damage], steps[which]
+            );
+        }
+        for (s, want) in steps.iter().zip(&original) {
+            assert_eq!(
+                &std::fs::read(file_of(s)).unwrap(),
+                want,
+                "case {case}: `{s}`"
+            );
+        }
+        ran(&p);
+    }
+    let verify = p.lf(&["cache", "verify"]);
+    ok(&verify);
+    assert!(verify.stderr.contains("0 corrupted"), "{}", verify.stderr);
+    eprintln!(
+        "{CASES} damages: {:?}",
+        DAMAGES.iter().zip(counts).collect::<Vec<_>>()
+    );
 }

@@ -166,3 +166,135 @@ fn an_unknown_sandbox_demand_is_a_clear_error() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Ways out a program might try. Each is a step of its own; every one must fail, leaving the files
+/// beside the manifest as they were.
+const ESCAPES: &[(&str, &str)] = &[
+    ("beside", r#"echo x > escaped.txt"#),
+    ("climb-out", r#"echo x > "$LF_OUT/../escaped.txt""#),
+    (
+        "climb-scratch",
+        r#"echo x > "$LF_SCRATCH/../../escaped.txt""#,
+    ),
+    ("proc-cwd", r#"echo x > /proc/self/cwd/escaped.txt"#),
+    ("append", r#"echo x >> victim.txt"#),
+    ("truncate", r#": > victim.txt"#),
+    ("remove", r#"rm -f victim.txt"#),
+    ("rename-in", r#"mv victim.txt "$LF_OUT/stolen.txt""#),
+    (
+        "rename-out",
+        r#"echo x > "$LF_OUT/f" && mv "$LF_OUT/f" escaped.txt"#,
+    ),
+    ("mkdir", r#"mkdir escaped-dir"#),
+    (
+        "symlink",
+        r#"ln -s "$PWD" "$LF_OUT/up" && echo x > "$LF_OUT/up/escaped.txt""#,
+    ),
+    (
+        "hardlink",
+        r#"ln victim.txt "$LF_OUT/v" && echo x >> "$LF_OUT/v""#,
+    ),
+    ("tmp", r#"echo x > "/tmp/lf-sandbox-escape-${PWD##*/}.txt""#),
+    ("home", r#"echo x > "$HOME/lf-sandbox-escape.txt""#),
+];
+
+/// Runs every escape as a step, with `LF_SANDBOX=mechanism` (or unconfined with `sandbox: false`).
+fn attempt(mechanism: &str, sandbox: bool) -> Option<(Project, Run)> {
+    let p = Project::new();
+    p.write("victim.txt", "original\n");
+    let mut manifest = String::from("name: esc\nsteps:\n");
+    for (name, run) in ESCAPES {
+        manifest.push_str(&format!(
+            "  {name}:\n    kind: command\n    sandbox: {sandbox}\n    run: '{run}'\n"
+        ));
+    }
+    p.write("p.yaml", &manifest);
+    let mut cmd = p.command(&["run", "p.yaml", "--json", "--jobs", "1"]);
+    cmd.env("LF_SANDBOX", mechanism);
+    let out = cmd.output().unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    if run.stdout.contains("does not enforce Landlock")
+        || run.stdout.contains("`bwrap` is not on PATH")
+    {
+        eprintln!("skipped: this machine has no {mechanism}");
+        return None;
+    }
+    Some((p, run))
+}
+
+/// Files an escape may have left outside the project.
+fn outside_files(p: &Project) -> [std::path::PathBuf; 2] {
+    let name = p.path().file_name().unwrap().to_string_lossy().into_owned();
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/nonexistent".into());
+    [
+        std::path::Path::new("/tmp").join(format!("lf-sandbox-escape-{name}.txt")),
+        std::path::Path::new(&home).join("lf-sandbox-escape.txt"),
+    ]
+}
+
+fn escapes(mechanism: &str) {
+    let Some((p, run)) = attempt(mechanism, true) else {
+        return;
+    };
+    for (name, _) in ESCAPES {
+        assert_eq!(
+            run.status_of(name),
+            "failed",
+            "`{name}` got out under {mechanism}"
+        );
+    }
+    assert_eq!(p.read("victim.txt"), "original\n");
+    let beside: Vec<String> = std::fs::read_dir(p.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("escape"))
+        .collect();
+    assert!(beside.is_empty(), "written beside the manifest: {beside:?}");
+    for file in outside_files(&p) {
+        assert!(!file.exists(), "written: {}", file.display());
+    }
+    eprintln!(
+        "{mechanism}: {} escape attempts, all refused",
+        ESCAPES.len()
+    );
+}
+
+#[test]
+fn landlock_refuses_every_escape() {
+    escapes("landlock");
+}
+
+#[test]
+fn bubblewrap_refuses_every_escape() {
+    escapes("bubblewrap");
+}
+
+/// The control: unconfined, each escape works, so the tests above fail for the sandbox's reasons.
+#[test]
+fn every_escape_works_without_the_sandbox() {
+    let (p, run) = attempt("auto", false).expect("unconfined needs no mechanism");
+    let escaped: Vec<&str> = ESCAPES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| run.status_of(name) == "ran")
+        .collect();
+    for file in outside_files(&p) {
+        let _ = std::fs::remove_file(file);
+    }
+    // `append`, `truncate`, `remove` and `rename-in` each change the victim; run one after another they
+    // all succeed, whichever order they ran in.
+    let all: Vec<&str> = ESCAPES.iter().map(|(name, _)| *name).collect();
+    let failed: Vec<&&str> = all.iter().filter(|n| !escaped.contains(n)).collect();
+    assert!(
+        failed
+            .iter()
+            .all(|n| ["append", "truncate", "rename-in", "hardlink"].contains(n)),
+        "unconfined, these failed: {failed:?}\n{}",
+        run.stdout
+    );
+    assert!(escaped.len() >= ESCAPES.len() - 4, "{escaped:?}");
+}
