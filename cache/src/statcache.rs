@@ -102,6 +102,19 @@ impl StatCache {
         Ok(hash)
     }
 
+    /// Forgets the files that no longer exist (after `gc` or `verify --repair` removed artifacts), so the
+    /// cache does not grow with every artifact ever made.
+    pub fn prune(&self) -> usize {
+        let mut entries = self.entries.lock().unwrap();
+        let before = entries.len();
+        entries.retain(|path, _| path.exists());
+        let removed = before - entries.len();
+        if removed > 0 {
+            *self.dirty.lock().unwrap() = true;
+        }
+        removed
+    }
+
     /// The hash recorded for `path`, whatever its stat data is now.
     pub fn recorded(&self, path: &Path) -> Option<Hash> {
         self.entries.lock().unwrap().get(path).map(|e| e.hash)
@@ -167,5 +180,39 @@ mod tests {
         let cache = StatCache::load(dir.path().join("stat.json"));
         assert_eq!(cache.hash_file(&file).unwrap(), Hash::of_bytes(b"x"));
         assert!(cache.entries.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pruning_forgets_removed_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        let cache = StatCache::load(dir.path().join("stat.json"));
+        for name in ["kept", "removed"] {
+            let file = dir.path().join(name);
+            fs::write(&file, name).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+            cache.hash_file(&file).unwrap();
+        }
+        fs::remove_file(dir.path().join("removed")).unwrap();
+        assert_eq!(cache.prune(), 1);
+        assert_eq!(
+            cache.recorded(&dir.path().join("kept")),
+            Some(Hash::of_bytes(b"kept"))
+        );
+        assert_eq!(cache.recorded(&dir.path().join("removed")), None);
+        cache.save().unwrap();
+        assert_eq!(
+            StatCache::load(dir.path().join("stat.json"))
+                .entries
+                .lock()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

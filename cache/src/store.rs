@@ -488,6 +488,10 @@ impl Store {
                 }
             }
         }
+        if repair {
+            self.stat.prune();
+            self.stat.save()?;
+        }
         Ok(report)
     }
 
@@ -583,6 +587,10 @@ impl Store {
                     }
                 }
             }
+        }
+        if !dry_run {
+            self.stat.prune();
+            self.stat.save()?;
         }
         Ok(report)
     }
