@@ -315,3 +315,33 @@ fn chat_answers_with_full_and_lora_artifacts_of_a_pipeline() {
         assert_eq!(p.lf(&args).stdout, run.stdout, "{model}");
     }
 }
+
+/// The same artifacts, bit for bit, whatever the thread count: a model wide enough that matrix
+/// products and reductions are split across threads (inner dimension 512), trained for a few steps with
+/// 1, 2 and 4 threads. (Across CPUs, see docs/reproducibility.md.)
+#[test]
+fn artifacts_do_not_depend_on_the_thread_count() {
+    let text = manifest(&pretrain(4))
+        .replace("hidden_size: 32", "hidden_size: 128")
+        .replace("intermediate_size: 64", "intermediate_size: 512")
+        .replace("num_attention_heads: 2", "num_attention_heads: 4");
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "4"] {
+        let p = Project::new();
+        p.write("p.yaml", &text);
+        let out = p
+            .command(&["run", "p.yaml"])
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push((threads, p.outputs("p.yaml")));
+    }
+    for (threads, o) in &outputs[1..] {
+        assert_eq!(o, &outputs[0].1, "{threads} threads differ from 1");
+    }
+}
