@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Hash, hash_tree, hash_tree_with};
+use crate::hash::{Hash, hash_file, hash_tree, hash_tree_with};
 use crate::statcache::StatCache;
 use crate::{Error, write_atomic};
 
@@ -99,8 +99,9 @@ pub struct ObjectInfo {
 pub struct VerifyReport {
     /// Objects checked.
     pub checked: usize,
-    /// Objects whose content no longer matches their name, with the hash found.
-    pub corrupted: Vec<(Hash, Hash)>,
+    /// Objects whose content no longer matches their name, with the hash found and the files known
+    /// to have changed (see [`Health::Damaged`]).
+    pub corrupted: Vec<(Hash, Hash, Vec<PathBuf>)>,
     /// Key records whose artifact is missing.
     pub dangling_keys: Vec<Hash>,
     /// Whether corrupted objects and dangling keys were removed.
@@ -472,9 +473,21 @@ impl Store {
         for object in self.objects()? {
             report.checked += 1;
             let path = self.object_path(&object.hash);
-            let found = hash_tree(&path)?;
+            // Every file is read again (no trust in stat data); one whose content differs from what the
+            // stat cache recorded is named.
+            let changed = std::sync::Mutex::new(Vec::new());
+            let found = hash_tree_with(&path, true, &|p: &Path| {
+                let now = hash_file(p)?;
+                if self.stat.recorded(p).is_some_and(|r| r != now) {
+                    let rel = p.strip_prefix(&path).unwrap_or(p).to_path_buf();
+                    changed.lock().unwrap().push(rel);
+                }
+                Ok(now)
+            })?;
             if found != object.hash {
-                report.corrupted.push((object.hash, found));
+                let mut changed = changed.into_inner().unwrap();
+                changed.sort();
+                report.corrupted.push((object.hash, found, changed));
                 if repair {
                     remove_tree(&path)?;
                 }
@@ -915,10 +928,20 @@ mod tests {
         let rec = commit_bytes(&store, &key, b"good");
         let file = store.object_path(&rec.artifact).join("out.txt");
         set_mode(&store.object_path(&rec.artifact), true).unwrap();
+        // An old file, which the stat cache records when the artifact is checked.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
         fs::write(&file, b"evil").unwrap();
         let report = store.verify(false).unwrap();
         assert_eq!(report.corrupted.len(), 1);
         assert_eq!(report.corrupted[0].0, rec.artifact);
+        assert_eq!(report.corrupted[0].2, [PathBuf::from("out.txt")]);
         let report = store.verify(true).unwrap();
         assert_eq!(report.corrupted.len(), 1);
         assert_eq!(report.dangling_keys, vec![key]);

@@ -91,8 +91,11 @@ pub(super) fn cache(cli: &Cli, cmd: &CacheCommand) -> exit::Result {
         }
         CacheCommand::Verify { repair } => {
             let report = store.verify(*repair)?;
-            for (name, found) in &report.corrupted {
-                println!("corrupted: artifact {} now hashes to {}", name, found);
+            for (name, found, changed) in &report.corrupted {
+                println!(
+                    "corrupted: artifact {name} now hashes to {found}{}",
+                    lf_cache::describe_damage(changed)
+                );
             }
             for key in &report.dangling_keys {
                 println!("dangling: key {} points at a missing artifact", key);
