@@ -43,6 +43,25 @@ pub struct LockedStep {
     /// Pinned remote identity (hub commit), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Json>,
+    /// What the key is the hash of (its canonical JSON), so that a different key can be explained
+    /// field by field on a machine whose store never saw it (CI). Absent in lockfiles before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_json: Option<Json>,
+}
+
+impl LockedStep {
+    /// Why `json` (a key computed now) differs from this locked key: from the store's record of the
+    /// locked key, else from the lockfile's own copy of its JSON.
+    pub fn explain(&self, store: &Store, json: &Json, pipeline: &Pipeline, i: usize) -> String {
+        match store
+            .record(&self.key)
+            .map(|r| r.key_json)
+            .or_else(|| self.key_json.clone())
+        {
+            Some(prev) => explain(&prev, json, pipeline, i).join("; "),
+            None => "parameters, inputs or the implementation differ".into(),
+        }
+    }
 }
 
 /// Where the lockfile of a manifest lives: `pipelines/sft.yaml` → `pipelines/sft.lock`.
@@ -88,7 +107,7 @@ impl Lockfile {
 
     /// How `plan` differs from this lockfile, one readable line per difference: other numerics, a planned
     /// step the lockfile lacks, a remote input that now resolves elsewhere, or a different cache key
-    /// (explained from the locked key's record when `store` still has it). Empty when `lf run --locked`
+    /// (explained from the locked key's record, or the lockfile's copy of its JSON). Empty when `lf run --locked`
     /// may go ahead; outputs are compared later, as steps finish.
     pub fn drift(&self, pipeline: &Pipeline, plan: &Plan, store: &Store) -> Vec<String> {
         let numerics = &plan.numerics;
@@ -122,12 +141,7 @@ impl Lockfile {
                     if let Some(key) = &planned.key
                         && key.hash != l.key
                     {
-                        let why = store
-                            .record(&l.key)
-                            .map(|prev| explain(&prev.key_json, &key.json, pipeline, i).join("; "))
-                            .unwrap_or_else(|| {
-                                "parameters, inputs or the implementation differ".into()
-                            });
+                        let why = l.explain(store, &key.json, pipeline, i);
                         drift.push(format!(
                             "step `{}`: cache key differs from the lockfile: {why}",
                             step.name
@@ -198,6 +212,7 @@ mod tests {
                     key,
                     output: Hash::of_bytes(b"o"),
                     pin: None,
+                    key_json: None,
                 };
                 (pipeline.steps[i].name.clone(), locked)
             })
@@ -273,6 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_key_is_explained_from_the_lockfiles_copy_on_a_fresh_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (pipeline, plan, mut lock) = planned(&store);
+        let a = plan.steps[pipeline.index_of("a").unwrap()]
+            .as_ref()
+            .unwrap();
+        let mut old_json = a.key.as_ref().unwrap().json.clone();
+        old_json["params"]["run"] = "echo old".into();
+        let locked = lock.steps.get_mut("a").unwrap();
+        locked.key = Hash::of_bytes(b"a key this store never saw");
+        locked.key_json = Some(old_json);
+        assert_eq!(
+            lock.drift(&pipeline, &plan, &store),
+            [
+                r#"step `a`: cache key differs from the lockfile: parameter `run` changed from "echo old" to "echo a""#
+            ]
+        );
+    }
+
+    #[test]
     fn a_moved_pin_is_drift_even_before_keys_are_known() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -312,6 +348,7 @@ mod tests {
                     key: Hash::of_bytes(b"k"),
                     output: Hash::of_bytes(b"o"),
                     pin: Some(serde_json::json!({"commit": "abc"})),
+                    key_json: Some(serde_json::json!({"format": 1})),
                 },
             )]
             .into(),

@@ -468,9 +468,10 @@ fn check_locked_key(
     if &locked.key == key {
         return Ok(());
     }
-    let why = match store.record(&locked.key) {
-        Some(prev) => explain(&prev.key_json, json, pipeline, i).join("; "),
-        None => {
+    let known = store.record(&locked.key).is_some() || locked.key_json.is_some();
+    let why = match known {
+        true => locked.explain(store, json, pipeline, i),
+        false => {
             let mut why = Vec::new();
             if locked.pin.as_ref() != json.get("pin") {
                 why.push(format!(
@@ -543,6 +544,7 @@ fn link_artifact(runs_dir: &Path, pipeline: &str, step: &str, object: &Path) -> 
 /// reach (so `--only` does not forget the rest).
 pub fn updated_lockfile(
     pipeline: &Pipeline,
+    store: &Store,
     plan: &Plan,
     record: &RunRecord,
     numerics: &Numerics,
@@ -564,6 +566,7 @@ pub fn updated_lockfile(
                     key: s.key.expect("checked"),
                     output: s.artifact.expect("checked"),
                     pin,
+                    key_json: store.record(&s.key.expect("checked")).map(|r| r.key_json),
                 },
             );
         } else if let Some(prev) = previous.and_then(|l| l.steps.get(&step.name)) {

@@ -80,7 +80,8 @@ pub(super) fn run(app: &App, cli: &Cli, args: &RunArgs, color: bool) -> exit::Re
         },
     )?;
     if locked.is_none() {
-        let updated = run::updated_lockfile(pipeline, &plan, &record, &numerics, lock.as_ref());
+        let updated =
+            run::updated_lockfile(pipeline, &store, &plan, &record, &numerics, lock.as_ref());
         if lock.as_ref() != Some(&updated) {
             updated.write(&lock_file)?;
         }
