@@ -197,7 +197,7 @@ mod tests {
             store,
             &cpu(),
             &PlanOptions::default(),
-            &BTreeMap::new(),
+            &Default::default(),
             &BTreeMap::new(),
         )
         .unwrap();
@@ -305,6 +305,39 @@ mod tests {
             [
                 r#"step `a`: cache key differs from the lockfile: parameter `run` changed from "echo old" to "echo a""#
             ]
+        );
+    }
+
+    #[test]
+    fn a_plan_on_a_fresh_store_explains_a_change_from_the_lockfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (pipeline, plan, _) = planned(&store);
+        let a = plan.steps[pipeline.index_of("a").unwrap()]
+            .as_ref()
+            .unwrap();
+        let mut old_json = a.key.as_ref().unwrap().json.clone();
+        old_json["params"]["run"] = "echo old".into();
+        let old_key = Hash::of_bytes(b"a key this store never saw");
+        let previous = plan::Previous {
+            keys: [("a".to_string(), old_key)].into(),
+            key_json: [(old_key, old_json)].into(),
+        };
+        let replanned = plan::plan(
+            &pipeline,
+            &store,
+            &cpu(),
+            &PlanOptions::default(),
+            &previous,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let a = replanned.steps[pipeline.index_of("a").unwrap()]
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            a.reasons,
+            [r#"parameter `run` changed from "echo old" to "echo a""#]
         );
     }
 

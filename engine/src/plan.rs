@@ -155,8 +155,31 @@ pub struct PlanOptions {
     pub offline: bool,
 }
 
-/// The previous key of each step (from the lockfile or the last run), to explain changes.
-pub type Previous = BTreeMap<String, Hash>;
+/// What a plan explains changes against (from the lockfile and the last run).
+#[derive(Clone, Debug, Default)]
+pub struct Previous {
+    /// The key each step had last time: the last run's, else the lockfile's.
+    pub keys: BTreeMap<String, Hash>,
+    /// The key JSON the lockfile keeps, by key: what a key is explained against when the store never
+    /// saw it (a fresh store in CI).
+    pub key_json: BTreeMap<Hash, Json>,
+}
+
+impl Previous {
+    /// The previous key of `step`.
+    pub fn key(&self, step: &str) -> Option<&Hash> {
+        self.keys.get(step)
+    }
+
+    /// The JSON of the previous key of `step`: from the store's record, else from the lockfile.
+    pub fn json(&self, store: &Store, step: &str) -> Option<Json> {
+        let key = self.keys.get(step)?;
+        store
+            .record(key)
+            .map(|r| r.key_json)
+            .or_else(|| self.key_json.get(key).cloned())
+    }
+}
 
 /// Plans `pipeline` against `store`.
 pub fn plan(
@@ -203,10 +226,7 @@ pub fn plan(
             .map_err(|e| e.context(format!("cannot pin the inputs of step `{}`", step.name)))?;
         let inputs = input_hashes(pipeline, store, i, &outputs)?;
         let forced = options.force.contains(&step.name);
-        let prev_json = previous
-            .get(&step.name)
-            .and_then(|h| store.record(h))
-            .map(|r| r.key_json);
+        let prev_json = previous.json(store, &step.name);
         let planned = match inputs {
             Some(inputs) => {
                 let key = cache_key(step, pin.as_ref(), &inputs, numerics);
@@ -221,7 +241,7 @@ pub fn plan(
                         };
                         let reasons = match &prev_json {
                             _ if damaged => vec!["its artifact was damaged".to_string()],
-                            Some(prev) if previous.get(&step.name) == Some(&key.hash) => {
+                            Some(prev) if previous.key(&step.name) == Some(&key.hash) => {
                                 let _ = prev;
                                 vec!["its artifact is no longer in the store".to_string()]
                             }

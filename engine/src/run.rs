@@ -440,12 +440,8 @@ fn why_it_ran(
     if planned.status == crate::plan::Status::Run {
         return planned.reasons.clone();
     }
-    match options
-        .previous
-        .get(&step.name)
-        .and_then(|h| store.record(h))
-    {
-        Some(prev) => explain(&prev.key_json, &key.json, pipeline, i),
+    match options.previous.json(store, &step.name) {
+        Some(prev) => explain(&prev, &key.json, pipeline, i),
         None => vec!["new".into()],
     }
 }

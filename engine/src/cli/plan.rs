@@ -97,11 +97,17 @@ pub(super) fn previous_keys(
     let last_run = std::fs::read(cli.runs_dir.join(&pipeline.name).join("run.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok());
-    let mut previous: plan::Previous = lock
-        .map(|l| l.steps.iter().map(|(k, v)| (k.clone(), v.key)).collect())
-        .unwrap_or_default();
+    let mut previous = plan::Previous::default();
+    if let Some(lock) = lock {
+        for (name, step) in &lock.steps {
+            previous.keys.insert(name.clone(), step.key);
+            if let Some(json) = &step.key_json {
+                previous.key_json.insert(step.key, json.clone());
+            }
+        }
+    }
     if let Some(run) = last_run {
-        previous.extend(run.keys());
+        previous.keys.extend(run.keys());
     }
     previous
 }

@@ -1,6 +1,5 @@
 //! `lf preview`: runs a dataset step if needed and shows its first rows as the model will see them.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -63,7 +62,7 @@ pub(super) fn preview(app: &App, cli: &Cli, args: &PreviewArgs, color: bool) -> 
             locked: None,
             runs_dir: cli.runs_dir.clone(),
             progress: Progress::new(!cli.quiet && std::io::stderr().is_terminal()),
-            previous: BTreeMap::new(),
+            previous: Default::default(),
             log_steps: !cli.quiet && !std::io::stderr().is_terminal(),
         },
     )?;
