@@ -13,6 +13,9 @@ use crate::numerics::Numerics;
 use crate::pipeline::{InputSource, Pipeline, PipelineStep};
 use crate::step::{PinContext, Problem};
 
+/// The reason a step runs when its cached artifact was found damaged.
+pub const DAMAGED: &str = "its artifact was damaged";
+
 /// Version of the key encoding; bump it to invalidate every cached result (say why in the commit).
 pub const KEY_FORMAT: u32 = 1;
 
@@ -240,7 +243,7 @@ pub fn plan(
                             None => false,
                         };
                         let reasons = match &prev_json {
-                            _ if damaged => vec!["its artifact was damaged".to_string()],
+                            _ if damaged => vec![DAMAGED.to_string()],
                             Some(prev) if previous.key(&step.name) == Some(&key.hash) => {
                                 let _ = prev;
                                 vec!["its artifact is no longer in the store".to_string()]

@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn};
 use crate::lockfile::{LockedStep, Lockfile};
 use crate::numerics::Numerics;
 use crate::pipeline::{InputSource, Pipeline};
-use crate::plan::{self, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
+use crate::plan::{self, DAMAGED, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
 use crate::progress::Progress;
 use crate::record::{RunRecord, StepRecord, StepStatus};
 use crate::step::StepContext;
@@ -267,10 +267,23 @@ fn run_step(
     let started = Instant::now();
     let planned = plan.steps[i].as_ref().expect("only planned steps run");
     let key = cache_key(step, planned.pin.as_ref(), inputs, &plan.numerics);
-    let fail = |key: Option<Hash>, error: String| Done::Failed {
-        key,
-        error: user_paths(error, pipeline, i, input_paths, &options.runs_dir),
-        wall_s: started.elapsed().as_secs_f64(),
+    // A step re-running because its cached artifact was damaged, that cannot run now (its source is
+    // gone, the hub is unreachable...), says so: the damaged copy is all that is left.
+    let rebuilding = planned.reasons.iter().any(|r| r == DAMAGED);
+    let fail = |key: Option<Hash>, error: String| {
+        let mut error = user_paths(error, pipeline, i, input_paths, &options.runs_dir);
+        if rebuilding {
+            error.push_str(
+                "\nhint: this step ran because its cached artifact was damaged, and it could not be \
+                 rebuilt; `lf cache verify` lists damaged artifacts and `lf cache verify --repair` \
+                 removes them",
+            );
+        }
+        Done::Failed {
+            key,
+            error,
+            wall_s: started.elapsed().as_secs_f64(),
+        }
     };
     if let Some(lock) = &options.locked
         && let Err(diff) = check_locked_key(lock, pipeline, store, i, &key.json, &key.hash)

@@ -504,3 +504,28 @@ fn random_store_damage_is_always_rebuilt() {
         DAMAGES.iter().zip(counts).collect::<Vec<_>>()
     );
 }
+
+/// A damaged artifact whose step cannot run again (here: the file it read is gone) fails the run, saying
+/// that the damaged copy could not be rebuilt and how to remove it.
+#[test]
+fn a_damaged_artifact_that_cannot_be_rebuilt_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    p.write("source.txt", "only copy\n");
+    p.write(
+        "p.yaml",
+        "name: gone\nsteps:\n  copy:\n    kind: command\n    run: cat source.txt > \"$LF_OUT/x\"\n",
+    );
+    ok(&p.lf(&["run", "p.yaml"]));
+    let dir = std::fs::read_link(p.path().join("runs/gone/copy")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.join("x"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(dir.join("x"), "damaged\n").unwrap();
+    std::fs::remove_file(p.path().join("source.txt")).unwrap();
+    let run = p.lf(&["run", "p.yaml"]);
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 1, "{output}");
+    for part in ["could not be rebuilt", "lf cache verify --repair"] {
+        assert!(output.contains(part), "{part}: {output}");
+    }
+}
