@@ -38,6 +38,22 @@ steps:
     )
 }
 
+/// `lf run p.yaml --json` in `p` with `LF_SANDBOX=mechanism`, one step at a time; `None` (saying so)
+/// when this machine lacks the mechanism.
+fn run_under(p: &Project, mechanism: &str) -> Option<Run> {
+    let run = p.lf_env(
+        &["run", "p.yaml", "--json", "--jobs", "1"],
+        &[("LF_SANDBOX", mechanism)],
+    );
+    if run.stdout.contains("does not enforce Landlock")
+        || run.stdout.contains("`bwrap` is not on PATH")
+    {
+        eprintln!("skipped: this machine has no {mechanism}: {}", run.stdout);
+        return None;
+    }
+    Some(run)
+}
+
 /// Runs the manifest with `LF_SANDBOX=mechanism`, while a listener on loopback collects what reaches it.
 /// `None` when this machine lacks the mechanism.
 fn run_with(mechanism: &str) -> Option<(Project, Run, String)> {
@@ -46,20 +62,7 @@ fn run_with(mechanism: &str) -> Option<(Project, Run, String)> {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     p.write("p.yaml", &manifest(port));
-    let mut cmd = p.command(&["run", "p.yaml", "--json", "--jobs", "1"]);
-    cmd.env("LF_SANDBOX", mechanism);
-    let out = cmd.output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    if run.stdout.contains("does not enforce Landlock")
-        || run.stdout.contains("`bwrap` is not on PATH")
-    {
-        eprintln!("skipped: this machine has no {mechanism}: {}", run.stdout);
-        return None;
-    }
+    let run = run_under(&p, mechanism)?;
     let mut received = String::new();
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
@@ -147,24 +150,15 @@ fn an_unknown_sandbox_demand_is_a_clear_error() {
         "p.yaml",
         "name: s\nsteps:\n  a:\n    kind: command\n    run: echo > \"$LF_OUT/a\"\n",
     );
-    let mut cmd = p.command(&["run", "p.yaml"]);
-    cmd.env("LF_SANDBOX", "chroot");
-    let out = cmd.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let run = p.lf_env(&["run", "p.yaml"], &[("LF_SANDBOX", "chroot")]);
+    let text = run.stdout + &run.stderr;
+    assert_eq!(run.code, 1, "{text}");
     assert!(text.contains("LF_SANDBOX is `chroot`"), "{text}");
     assert!(text.contains("`sandbox: false`"), "{text}");
     // A step that opts out does not look at LF_SANDBOX at all.
     p.write("q.yaml", "name: q\nsteps:\n  a:\n    kind: command\n    sandbox: false\n    run: echo > \"$LF_OUT/a\"\n");
-    let mut cmd = p.command(&["run", "q.yaml"]);
-    cmd.env("LF_SANDBOX", "chroot");
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let run = p.lf_env(&["run", "q.yaml"], &[("LF_SANDBOX", "chroot")]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
 }
 
 /// Ways out a program might try. Each is a step of its own; every one must fail, leaving the files
@@ -195,7 +189,10 @@ const ESCAPES: &[(&str, &str)] = &[
         r#"ln victim.txt "$LF_OUT/v" && echo x >> "$LF_OUT/v""#,
     ),
     ("tmp", r#"echo x > "/tmp/lf-sandbox-escape-${PWD##*/}.txt""#),
-    ("home", r#"echo x > "$HOME/lf-sandbox-escape.txt""#),
+    (
+        "home",
+        r#"echo x > "$HOME/lf-sandbox-escape-${PWD##*/}.txt""#,
+    ),
 ];
 
 /// Runs every escape as a step, with `LF_SANDBOX=mechanism` (or unconfined with `sandbox: false`).
@@ -209,30 +206,18 @@ fn attempt(mechanism: &str, sandbox: bool) -> Option<(Project, Run)> {
         ));
     }
     p.write("p.yaml", &manifest);
-    let mut cmd = p.command(&["run", "p.yaml", "--json", "--jobs", "1"]);
-    cmd.env("LF_SANDBOX", mechanism);
-    let out = cmd.output().unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    if run.stdout.contains("does not enforce Landlock")
-        || run.stdout.contains("`bwrap` is not on PATH")
-    {
-        eprintln!("skipped: this machine has no {mechanism}");
-        return None;
-    }
+    let run = run_under(&p, mechanism)?;
     Some((p, run))
 }
 
-/// Files an escape may have left outside the project.
+/// Files an escape may have left outside the project (named after it, so that tests running at the
+/// same time, the unconfined control among them, do not see each other's).
 fn outside_files(p: &Project) -> [std::path::PathBuf; 2] {
     let name = p.path().file_name().unwrap().to_string_lossy().into_owned();
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/nonexistent".into());
     [
         std::path::Path::new("/tmp").join(format!("lf-sandbox-escape-{name}.txt")),
-        std::path::Path::new(&home).join("lf-sandbox-escape.txt"),
+        std::path::Path::new(&home).join(format!("lf-sandbox-escape-{name}.txt")),
     ]
 }
 
