@@ -23,6 +23,23 @@ mod hash;
 mod statcache;
 mod store;
 
+/// Helpers the unit tests of several modules share.
+#[cfg(test)]
+mod test_util {
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    /// Sets a file's mtime an hour back, so that the stat cache trusts and records it.
+    pub fn backdate(path: &Path) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    }
+}
+
 pub use hash::{Hash, VOLATILE_DIRS, hash_file, hash_files, hash_tree, hash_tree_with};
 pub use statcache::StatCache;
 pub use store::{

@@ -144,6 +144,7 @@ fn recently_modified(meta: &fs::Metadata) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::backdate;
 
     #[test]
     fn unchanged_file_hits_and_rewritten_file_misses() {
@@ -151,13 +152,7 @@ mod tests {
         let file = dir.path().join("data.jsonl");
         fs::write(&file, b"one").unwrap();
         // Backdate so the entry is trusted.
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        backdate(&file);
         let cache = StatCache::load(dir.path().join("stat.json"));
         let h1 = cache.hash_file(&file).unwrap();
         cache.save().unwrap();
@@ -185,17 +180,11 @@ mod tests {
     #[test]
     fn pruning_forgets_removed_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         let cache = StatCache::load(dir.path().join("stat.json"));
         for name in ["kept", "removed"] {
             let file = dir.path().join(name);
             fs::write(&file, name).unwrap();
-            fs::File::options()
-                .write(true)
-                .open(&file)
-                .unwrap()
-                .set_modified(old)
-                .unwrap();
+            backdate(&file);
             cache.hash_file(&file).unwrap();
         }
         fs::remove_file(dir.path().join("removed")).unwrap();

@@ -296,33 +296,44 @@ impl Store {
         if !path.is_dir() && !path.is_file() {
             return Ok(Health::Missing);
         }
+        let (result, files) = self.hash_noting_changes(&path, &|p| self.stat.hash_file(p));
+        let found = match result {
+            Ok(found) if found == *hash => return Ok(Health::Intact),
+            Ok(found) => Some(found),
+            // A file that vanished or became unreadable mid-walk is damage, not a failed run.
+            Err(Error::Io { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Health::Damaged { found, files })
+    }
+
+    /// Hashes the artifact at `path`, reading each file through `read`, and lists the files known to
+    /// have changed (relative to `path`, sorted): those whose content differs from what the stat cache
+    /// recorded before this read, and the file the walk failed on, if it failed on one.
+    fn hash_noting_changes(
+        &self,
+        path: &Path,
+        read: &(dyn Fn(&Path) -> Result<Hash, Error> + Sync),
+    ) -> (Result<Hash, Error>, Vec<PathBuf>) {
         let changed = std::sync::Mutex::new(Vec::new());
-        let hash_file = |p: &Path| {
+        let result = hash_tree_with(path, true, &|p: &Path| {
             let recorded = self.stat.recorded(p);
-            let now = self.stat.hash_file(p)?;
+            let now = read(p)?;
             if recorded.is_some_and(|r| r != now) {
                 changed.lock().unwrap().push(p.to_path_buf());
             }
             Ok(now)
-        };
-        let found = match hash_tree_with(&path, true, &hash_file) {
-            Ok(found) if found == *hash => return Ok(Health::Intact),
-            Ok(found) => Some(found),
-            // A file that vanished or became unreadable mid-walk is damage, not a failed run.
-            Err(Error::Io { path: bad, .. }) => {
-                changed.lock().unwrap().push(bad);
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        let mut files: Vec<PathBuf> = changed
-            .into_inner()
-            .unwrap()
+        });
+        let mut files = changed.into_inner().unwrap();
+        if let Err(Error::Io { path: bad, .. }) = &result {
+            files.push(bad.clone());
+        }
+        let mut files: Vec<PathBuf> = files
             .into_iter()
-            .map(|p| p.strip_prefix(&path).map(Path::to_path_buf).unwrap_or(p))
+            .map(|p| p.strip_prefix(path).map(Path::to_path_buf).unwrap_or(p))
             .collect();
         files.sort();
-        Ok(Health::Damaged { found, files })
+        (result, files)
     }
 
     /// Reads a key record even if its artifact is gone (to explain what changed since).
@@ -473,20 +484,10 @@ impl Store {
         for object in self.objects()? {
             report.checked += 1;
             let path = self.object_path(&object.hash);
-            // Every file is read again (no trust in stat data); one whose content differs from what the
-            // stat cache recorded is named.
-            let changed = std::sync::Mutex::new(Vec::new());
-            let found = hash_tree_with(&path, true, &|p: &Path| {
-                let now = hash_file(p)?;
-                if self.stat.recorded(p).is_some_and(|r| r != now) {
-                    let rel = p.strip_prefix(&path).unwrap_or(p).to_path_buf();
-                    changed.lock().unwrap().push(rel);
-                }
-                Ok(now)
-            })?;
+            // Every file is read again (no trust in stat data).
+            let (found, changed) = self.hash_noting_changes(&path, &hash_file);
+            let found = found?;
             if found != object.hash {
-                let mut changed = changed.into_inner().unwrap();
-                changed.sort();
                 report.corrupted.push((object.hash, found, changed));
                 if repair {
                     remove_tree(&path)?;
@@ -761,6 +762,7 @@ fn remove_file(path: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::backdate;
 
     fn record<'a>(step: &'a str) -> NewRecord<'a> {
         NewRecord {
@@ -819,13 +821,7 @@ mod tests {
         let file = store.object_path(&rec.artifact).join("out.txt");
         writable(&file);
         // An old file, so that the stat cache records it.
-        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
+        backdate(&file);
         assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
         fs::write(&file, b"weightz").unwrap();
         // The stat cache knew the file's content, so the report names it.
@@ -929,13 +925,7 @@ mod tests {
         let file = store.object_path(&rec.artifact).join("out.txt");
         set_mode(&store.object_path(&rec.artifact), true).unwrap();
         // An old file, which the stat cache records when the artifact is checked.
-        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        fs::File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
+        backdate(&file);
         assert_eq!(store.check(&rec.artifact).unwrap(), Health::Intact);
         fs::write(&file, b"evil").unwrap();
         let report = store.verify(false).unwrap();

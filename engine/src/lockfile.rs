@@ -31,6 +31,9 @@ pub struct Lockfile {
     pub steps: BTreeMap<String, LockedStep>,
 }
 
+/// What a different key is put down to when nothing tells what it was computed from.
+pub const UNEXPLAINED: &str = "parameters, inputs or the implementation differ";
+
 /// One step in a lockfile.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LockedStep {
@@ -51,16 +54,19 @@ pub struct LockedStep {
 
 impl LockedStep {
     /// Why `json` (a key computed now) differs from this locked key: from the store's record of the
-    /// locked key, else from the lockfile's own copy of its JSON.
-    pub fn explain(&self, store: &Store, json: &Json, pipeline: &Pipeline, i: usize) -> String {
-        match store
+    /// locked key, else from the lockfile's own copy of its JSON; `None` when neither is there.
+    pub fn explain(
+        &self,
+        store: &Store,
+        json: &Json,
+        pipeline: &Pipeline,
+        i: usize,
+    ) -> Option<String> {
+        let prev = store
             .record(&self.key)
             .map(|r| r.key_json)
-            .or_else(|| self.key_json.clone())
-        {
-            Some(prev) => explain(&prev, json, pipeline, i).join("; "),
-            None => "parameters, inputs or the implementation differ".into(),
-        }
+            .or_else(|| self.key_json.clone())?;
+        Some(explain(&prev, json, pipeline, i).join("; "))
     }
 }
 
@@ -141,7 +147,9 @@ impl Lockfile {
                     if let Some(key) = &planned.key
                         && key.hash != l.key
                     {
-                        let why = l.explain(store, &key.json, pipeline, i);
+                        let why = l
+                            .explain(store, &key.json, pipeline, i)
+                            .unwrap_or_else(|| UNEXPLAINED.into());
                         drift.push(format!(
                             "step `{}`: cache key differs from the lockfile: {why}",
                             step.name
@@ -226,6 +234,16 @@ mod tests {
         (pipeline, plan, lock)
     }
 
+    /// The key JSON step `a` had when its command was `echo old` (it is `echo a` now).
+    fn key_json_when_a_ran_echo_old(pipeline: &Pipeline, plan: &Plan) -> Json {
+        let a = plan.steps[pipeline.index_of("a").unwrap()]
+            .as_ref()
+            .unwrap();
+        let mut json = a.key.as_ref().unwrap().json.clone();
+        json["params"]["run"] = "echo old".into();
+        json
+    }
+
     #[test]
     fn a_plan_matching_the_lockfile_has_no_drift() {
         let dir = tempfile::tempdir().unwrap();
@@ -262,11 +280,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (pipeline, plan, mut lock) = planned(&store);
         // The lockfile's key for `a` was computed when it ran `echo old`; the store still has its record.
-        let a = plan.steps[pipeline.index_of("a").unwrap()]
-            .as_ref()
-            .unwrap();
-        let mut old_json = a.key.as_ref().unwrap().json.clone();
-        old_json["params"]["run"] = "echo old".into();
+        let old_json = key_json_when_a_ran_echo_old(&pipeline, &plan);
         let old_key = Hash::of_bytes(b"old key");
         let _held = store.lock(&old_key, || {}).unwrap();
         let staging = store.stage(&old_key).unwrap();
@@ -292,11 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (pipeline, plan, mut lock) = planned(&store);
-        let a = plan.steps[pipeline.index_of("a").unwrap()]
-            .as_ref()
-            .unwrap();
-        let mut old_json = a.key.as_ref().unwrap().json.clone();
-        old_json["params"]["run"] = "echo old".into();
+        let old_json = key_json_when_a_ran_echo_old(&pipeline, &plan);
         let locked = lock.steps.get_mut("a").unwrap();
         locked.key = Hash::of_bytes(b"a key this store never saw");
         locked.key_json = Some(old_json);
@@ -313,11 +323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (pipeline, plan, _) = planned(&store);
-        let a = plan.steps[pipeline.index_of("a").unwrap()]
-            .as_ref()
-            .unwrap();
-        let mut old_json = a.key.as_ref().unwrap().json.clone();
-        old_json["params"]["run"] = "echo old".into();
+        let old_json = key_json_when_a_ran_echo_old(&pipeline, &plan);
         let old_key = Hash::of_bytes(b"a key this store never saw");
         let previous = plan::Previous {
             keys: [("a".to_string(), old_key)].into(),

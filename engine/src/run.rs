@@ -12,7 +12,7 @@ use lf_cache::{Hash, NewRecord, Store};
 use serde_json::Value as Json;
 use tracing::{info, info_span, warn};
 
-use crate::lockfile::{LockedStep, Lockfile};
+use crate::lockfile::{LockedStep, Lockfile, UNEXPLAINED};
 use crate::numerics::Numerics;
 use crate::pipeline::{InputSource, Pipeline};
 use crate::plan::{self, DAMAGED, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
@@ -477,27 +477,20 @@ fn check_locked_key(
     if &locked.key == key {
         return Ok(());
     }
-    let known = store.record(&locked.key).is_some() || locked.key_json.is_some();
-    let why = match known {
-        true => locked.explain(store, json, pipeline, i),
-        false => {
-            let mut why = Vec::new();
-            if locked.pin.as_ref() != json.get("pin") {
-                why.push(format!(
-                    "remote input resolves to {} but the lockfile has {}",
-                    json.get("pin").map_or("nothing".into(), |p| p.to_string()),
-                    locked
-                        .pin
-                        .as_ref()
-                        .map_or("nothing".into(), |p| p.to_string())
-                ));
-            }
-            if why.is_empty() {
-                why.push("parameters, inputs or the implementation differ".into());
-            }
-            why.join("; ")
+    let why = locked.explain(store, json, pipeline, i).unwrap_or_else(|| {
+        if locked.pin.as_ref() != json.get("pin") {
+            format!(
+                "remote input resolves to {} but the lockfile has {}",
+                json.get("pin").map_or("nothing".into(), |p| p.to_string()),
+                locked
+                    .pin
+                    .as_ref()
+                    .map_or("nothing".into(), |p| p.to_string())
+            )
+        } else {
+            UNEXPLAINED.into()
         }
-    };
+    });
     Err(format!(
         "cache key differs from the lockfile (locked {}, now {}): {why}\nhint: run without `--locked` to update the lockfile",
         locked.key.short(),

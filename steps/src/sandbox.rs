@@ -9,7 +9,7 @@
 //! program also gets an empty network namespace, which cuts UDP too. Bubblewrap always gives one.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command as Process;
 
 /// What a sandboxed program may do.
@@ -119,7 +119,7 @@ pub fn confine(
             None => {}
         }
     }
-    if let Some(bwrap) = find_program("bwrap") {
+    if let Ok(bwrap) = which::which("bwrap") {
         let mut process = Process::new(bwrap);
         process
             .args(bubblewrap_args(policy))
@@ -169,26 +169,6 @@ pub fn bubblewrap_args(policy: &Policy) -> Vec<OsString> {
         args.push("--unshare-net".into());
     }
     args
-}
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        path.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    }
-    #[cfg(not(unix))]
-    {
-        path.is_file()
-    }
 }
 
 #[cfg(target_os = "linux")]

@@ -329,16 +329,7 @@ fn artifacts_do_not_depend_on_the_thread_count() {
     for threads in ["1", "2", "4"] {
         let p = Project::new();
         p.write("p.yaml", &text);
-        let out = p
-            .command(&["run", "p.yaml"])
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&p.lf_env(&["run", "p.yaml"], &[("RAYON_NUM_THREADS", threads)]));
         outputs.push((threads, p.outputs("p.yaml")));
     }
     for (threads, o) in &outputs[1..] {

@@ -133,7 +133,6 @@ pub fn build(
     bar.finish_and_clear();
 
     // Count what was left out.
-    let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
     let mut first_detail: BTreeMap<Dropped, String> = BTreeMap::new();
     let mut dropped_at: BTreeMap<Dropped, Vec<&Origin>> = BTreeMap::new();
     let mut dropped_rows = String::new();
@@ -141,7 +140,6 @@ pub fn build(
     for (it, o) in items.iter().zip(&outcomes) {
         let flags = match o {
             Outcome::Dropped(why, detail) => {
-                *dropped.entry(why.name().to_string()).or_default() += 1;
                 if let Some(d) = detail {
                     first_detail.entry(*why).or_insert_with(|| d.clone());
                 }
@@ -163,6 +161,10 @@ pub fn build(
         mismatch += usize::from(flags.prefix_mismatch);
         searched += usize::from(flags.searched);
     }
+    let dropped: BTreeMap<String, usize> = dropped_at
+        .iter()
+        .map(|(why, at)| (why.name().to_string(), at.len()))
+        .collect();
     for (why, at) in &dropped_at {
         let n = at.len();
         let shown: Vec<String> = at

@@ -87,7 +87,16 @@ impl Project {
     }
 
     pub fn lf(&self, args: &[&str]) -> Run {
-        let out: Output = self.command(args).output().unwrap();
+        self.lf_env(args, &[])
+    }
+
+    /// `lf ARGS` with extra environment variables.
+    pub fn lf_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out: Output = self
+            .command(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
