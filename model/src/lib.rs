@@ -30,6 +30,7 @@ pub mod artifact;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod fixed_order;
 pub mod generate;
 pub mod gguf;
 pub mod linear;

@@ -14,8 +14,11 @@ use burn::tensor::{DType, Tensor};
 /// - `lhs`: `[..., m, k]`
 /// - `rhs`: `[..., k, n]`
 /// - output: `[..., m, n]`
+///
+/// On the CPU the order of additions is fixed, so results are the same bytes on every CPU
+/// ([`crate::fixed_order`]).
 pub fn matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
-    lhs.matmul(rhs)
+    crate::fixed_order::matmul(lhs, rhs)
 }
 
 /// `x · weightᵀ` for a weight stored as HF does, `[out, in]`.

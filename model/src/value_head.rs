@@ -138,7 +138,7 @@ impl<B: Backend> ValueHead<B> {
             DType::F32,
         );
         let w = self.weight.val().transpose();
-        (last.matmul(w) + self.bias.val().unsqueeze::<2>()).reshape([rows])
+        (ops::matmul(last, w) + self.bias.val().unsqueeze::<2>()).reshape([rows])
     }
 
     /// Runs `model` on `input` and scores each row at its last real token (`lens[r] − 1`).

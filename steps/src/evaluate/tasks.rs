@@ -380,9 +380,7 @@ pub fn rewards<B: Backend>(
             .with_segments(int_tensor(&ints(n, cols, &b.segment_ids), &device));
         let hidden = model.forward_hidden(input, None).cast(DType::F32);
         let h = hidden.dims()[2];
-        let values = hidden
-            .reshape([n * cols, h])
-            .matmul(w.clone())
+        let values = lf_model::ops::matmul(hidden.reshape([n * cols, h]), w.clone())
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| anyhow::anyhow!("cannot read values back: {e:?}"))?;

@@ -34,7 +34,8 @@ pub fn pref_config(p: &DpoParams) -> PrefConfig {
 impl Step for Dpo {
     type Params = DpoParams;
     const KIND: &'static str = "dpo";
-    const VERSION: u32 = 1;
+    // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
+    const VERSION: u32 = 2;
     const ABOUT: &'static str = "preference optimisation on chosen/rejected pairs (DPO, IPO, hinge, ORPO, SimPO; full, freeze or LoRA); resumable";
     const NUMERIC: bool = true;
 

@@ -19,7 +19,8 @@ impl Step for Evaluate {
     type Params = EvaluateParams;
     const KIND: &'static str = "evaluate";
     // 2: models without a value head are scored by their replies' mean log-probability.
-    const VERSION: u32 = 2;
+    // 3: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
+    const VERSION: u32 = 3;
     const ABOUT: &'static str = "compare models on perplexity, BLEU/ROUGE of generated replies, multiple-choice and reward accuracy, and latency";
     const NUMERIC: bool = true;
 

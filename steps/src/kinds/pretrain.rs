@@ -16,7 +16,8 @@ pub struct Pretrain;
 impl Step for Pretrain {
     type Params = PretrainParams;
     const KIND: &'static str = "pretrain";
-    const VERSION: u32 = 1;
+    // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "train a model on plain text (next-token prediction on every token); resumable";
     const NUMERIC: bool = true;

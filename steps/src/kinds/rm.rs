@@ -20,7 +20,8 @@ pub struct Rm;
 impl Step for Rm {
     type Params = RmParams;
     const KIND: &'static str = "rm";
-    const VERSION: u32 = 1;
+    // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "train a reward model (a value head) on preference pairs (full, freeze or LoRA); resumable";
     const NUMERIC: bool = true;

@@ -16,7 +16,8 @@ pub struct Sft;
 impl Step for Sft {
     type Params = SftParams;
     const KIND: &'static str = "sft";
-    const VERSION: u32 = 1;
+    // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
+    const VERSION: u32 = 2;
     const ABOUT: &'static str =
         "fine-tune a model on conversations (full, freeze or LoRA); resumable";
     const NUMERIC: bool = true;

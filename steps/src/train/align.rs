@@ -98,7 +98,7 @@ fn the_value_head_scores_the_last_real_token() {
             .reshape([1, 64])
             .cast(DType::F32);
         let w = head.weight.val().transpose();
-        let want = (last.matmul(w) + head.bias.val().unsqueeze::<2>())
+        let want = (lf_model::ops::matmul(last, w) + head.bias.val().unsqueeze::<2>())
             .into_scalar()
             .elem::<f32>();
         assert!((got - want).abs() < 1e-5, "row {r}: {got} vs {want}");

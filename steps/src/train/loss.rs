@@ -157,7 +157,7 @@ pub fn row_logps<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> 
     }
     let assign =
         Tensor::<B, 2>::from_data(TensorData::new(assign, [rows, n]), (&device, DType::F32));
-    assign.matmul(token_logps).reshape([rows])
+    ops::matmul(assign, token_logps).reshape([rows])
 }
 
 /// `Σᵢ logsumexp(logitsᵢ) − logitsᵢ[targetᵢ]`, computed stably.

@@ -287,12 +287,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             .slots
             .iter()
             .filter_map(|s| s.grad.as_ref())
-            .map(|g| g.clone().square().sum())
+            .map(|g| lf_model::fixed_order::sum_all(g.clone().square()))
             .collect();
         if sums.is_empty() {
             return 0.0;
         }
-        let total: f64 = Tensor::cat(sums, 0).sum().into_scalar().elem();
+        let total: f64 = lf_model::fixed_order::sum_all(Tensor::cat(sums, 0))
+            .into_scalar()
+            .elem();
         total.sqrt()
     }
 
