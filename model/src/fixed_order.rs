@@ -94,19 +94,15 @@ fn matmul_blocked<const D: usize>(lhs: Tensor<Flex, D>, rhs: Tensor<Flex, D>) ->
     if k <= K_BLOCK {
         return lhs.matmul(rhs);
     }
-    let mut total: Option<Tensor<Flex, D>> = None;
-    for start in (0..k).step_by(K_BLOCK) {
+    let block = |start: usize| {
         let len = K_BLOCK.min(k - start);
-        let part = lhs
-            .clone()
+        lhs.clone()
             .narrow(D - 1, start, len)
-            .matmul(rhs.clone().narrow(D - 2, start, len));
-        total = Some(match total {
-            None => part,
-            Some(sum) => sum + part,
-        });
-    }
-    total.unwrap_or_else(|| lhs.matmul(rhs))
+            .matmul(rhs.clone().narrow(D - 2, start, len))
+    };
+    (K_BLOCK..k)
+        .step_by(K_BLOCK)
+        .fold(block(0), |sum, start| sum + block(start))
 }
 
 /// Broadcasts the leading dimensions of two product operands to one shape.
@@ -235,6 +231,14 @@ mod tests {
         out
     }
 
+    fn input<B: Backend>(values: &[f32], shape: [usize; 2]) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+    }
+
+    fn values<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
@@ -242,7 +246,6 @@ mod tests {
     #[test]
     fn fixed_order_products_match_a_scalar_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let device = Default::default();
         // Small and large m/n (gemm's two blocking paths), k below, at and past one block.
         for &(m, k, n) in &[
             (3, 5, 4),
@@ -254,9 +257,7 @@ mod tests {
         ] {
             let a = random(&mut rng, m * k);
             let b = random(&mut rng, k * n);
-            let lhs = Tensor::<Flex, 2>::from_data(TensorData::new(a.clone(), [m, k]), &device);
-            let rhs = Tensor::<Flex, 2>::from_data(TensorData::new(b.clone(), [k, n]), &device);
-            let got = matmul(lhs, rhs).into_data().to_vec::<f32>().unwrap();
+            let got = values(matmul(input::<Flex>(&a, [m, k]), input(&b, [k, n])));
             assert_eq!(bits(&got), bits(&reference(&a, &b, m, k, n)), "{m}x{k}x{n}");
         }
     }
@@ -264,31 +265,18 @@ mod tests {
     #[test]
     fn fixed_order_gradients_match_a_scalar_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-        let device = Default::default();
         let (m, k, n) = (700, 40, 600);
         let a = random(&mut rng, m * k);
         let b = random(&mut rng, k * n);
         let g = random(&mut rng, m * n);
-        let lhs = Tensor::<CpuAd, 2>::from_data(TensorData::new(a.clone(), [m, k]), &device)
-            .require_grad();
-        let rhs = Tensor::<CpuAd, 2>::from_data(TensorData::new(b.clone(), [k, n]), &device)
-            .require_grad();
-        let upstream = Tensor::<CpuAd, 2>::from_data(TensorData::new(g.clone(), [m, n]), &device);
+        let lhs = input::<CpuAd>(&a, [m, k]).require_grad();
+        let rhs = input::<CpuAd>(&b, [k, n]).require_grad();
+        let upstream = input::<CpuAd>(&g, [m, n]);
         let grads = (matmul(lhs.clone(), rhs.clone()) * upstream)
             .sum()
             .backward();
-        let da = lhs
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let db = rhs
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let da = values(lhs.grad(&grads).unwrap());
+        let db = values(rhs.grad(&grads).unwrap());
         let transpose = |v: &[f32], r: usize, c: usize| -> Vec<f32> {
             (0..c * r).map(|i| v[(i % r) * c + i / r]).collect()
         };
@@ -310,7 +298,7 @@ mod tests {
         let w = Tensor::<CpuAd, 2>::ones([600, 3], &device);
         let grads = matmul(x.clone(), w.clone()).sum().backward();
         assert!(w.grad(&grads).is_none());
-        let dx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let dx = values(x.grad(&grads).unwrap());
         assert!(dx.iter().all(|&v| v == 3.0));
     }
 
