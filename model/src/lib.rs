@@ -31,6 +31,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod fixed_order;
+pub mod fused;
 pub mod generate;
 pub mod gguf;
 pub mod linear;

@@ -300,12 +300,8 @@ impl<B: Backend> Attention<B> {
         // row dimension lets one batched matmul serve them without repeating K and V.
         let q = q.reshape([b, nkv, rep * t, hd]);
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = ops::matmul(q, k.swap_dims(2, 3)).mul_scalar(scale);
-        let mut scores = ops::cast(scores.reshape([b, nkv, rep, t, s]), DType::F32);
-        if let Some(mask) = mask {
-            scores = scores + mask.clone();
-        }
-        let probs = ops::cast(burn::tensor::activation::softmax(scores, 4), v.dtype()).reshape([
+        let scores = ops::matmul(q, k.swap_dims(2, 3)).reshape([b, nkv, rep, t, s]);
+        let probs = ops::cast(ops::masked_softmax(scores, scale, mask), v.dtype()).reshape([
             b,
             nkv,
             rep * t,
@@ -321,8 +317,8 @@ impl<B: Backend> Attention<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = ops::silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let hidden = ops::swiglu(self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
+        self.down_proj.forward(hidden)
     }
 }
 

@@ -44,7 +44,7 @@ pub fn cast<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor
 }
 
 /// RMSNorm over the last dimension, computed in f32 and cast back, then scaled by `weight`
-/// (transformers' `LlamaRMSNorm`).
+/// (transformers' `LlamaRMSNorm`). On the CPU in f32, one fused kernel ([`crate::fused::rms_norm`]).
 ///
 /// # Shapes
 /// - `x`: `[..., d]`
@@ -54,6 +54,10 @@ pub fn rms_norm<B: Backend, const D: usize>(
     weight: Tensor<B, 1>,
     eps: f64,
 ) -> Tensor<B, D> {
+    let (x, weight) = match crate::fused::rms_norm(x, weight, eps) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
     let dtype = x.dtype();
     let xf = cast(x, DType::F32);
     let variance = xf.clone().square().mean_dim(D - 1);
@@ -61,13 +65,38 @@ pub fn rms_norm<B: Backend, const D: usize>(
     cast(normed, dtype) * weight.unsqueeze::<D>()
 }
 
+/// Attention probabilities `softmax(scale · scores + mask)` over the last dimension, computed in f32
+/// and returned in f32. On the CPU in f32, one fused kernel ([`crate::fused::masked_softmax`]).
+///
+/// # Shapes
+/// - `scores`: `[batch, a, b, q, k]`
+/// - `mask`: `[batch|1, 1, 1, q, k]`, additive (0 or a large negative number)
+pub fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 5>,
+    scale: f64,
+    mask: Option<&Tensor<B, 5>>,
+) -> Tensor<B, 5> {
+    let scores = match crate::fused::masked_softmax(scores, scale as f32, mask) {
+        Ok(p) => return p,
+        Err(scores) => scores,
+    };
+    let mut scores = cast(scores.mul_scalar(scale), DType::F32);
+    if let Some(mask) = mask {
+        scores = scores + mask.clone();
+    }
+    activation::softmax(scores, 4)
+}
+
+/// `silu(gate) · up`, the gated unit of the SwiGLU feed-forward block. On the CPU in f32, one fused
+/// kernel ([`crate::fused::swiglu`]).
+pub fn swiglu<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    match crate::fused::swiglu(gate, up) {
+        Ok(y) => y,
+        Err((gate, up)) => silu(gate) * up,
+    }
+}
+
 /// SiLU (`x · sigmoid(x)`).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     activation::silu(x)
-}
-
-/// Softmax over `dim`, computed in f32 and cast back to the input dtype.
-pub fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    cast(activation::softmax(cast(x, DType::F32), dim), dtype)
 }

@@ -96,7 +96,8 @@ impl Rope {
 }
 
 /// Rotates `x` by the angles in `cos`/`sin`, pairing dimension `i` with `i + head_dim/2`
-/// (HF's `x * cos + rotate_half(x) * sin`).
+/// (HF's `x * cos + rotate_half(x) * sin`). On the CPU in f32, one fused kernel
+/// ([`crate::fused::rotary`]).
 ///
 /// # Shapes
 /// - `x`: `[batch, heads, seq, head_dim]`
@@ -106,6 +107,10 @@ pub fn apply_rotary<B: Backend>(
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
+    let x = match crate::fused::rotary(x, cos, sin) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
     let [_, _, _, d] = x.dims();
     let half = d / 2;
     let x1 = x.clone().narrow(3, 0, half);

@@ -7,6 +7,7 @@
 //! [`kinds::KINDS`].
 
 pub mod chat;
+pub mod chat_bench;
 pub mod data;
 pub mod evaluate;
 pub mod export;
@@ -84,11 +85,12 @@ impl Extensions for Ml {
                 args.model.as_deref(),
             )),
             "train" => Some(train::bench::train(args)),
+            "generate" => Some(chat_bench::generate(args)),
             _ => None,
         }
     }
 
     fn bench_names(&self) -> Vec<&'static str> {
-        vec!["tokenize", "train"]
+        vec!["tokenize", "train", "generate"]
     }
 }

@@ -35,7 +35,8 @@ impl Step for Dpo {
     type Params = DpoParams;
     const KIND: &'static str = "dpo";
     // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
-    const VERSION: u32 = 2;
+    // 3: fused CPU kernels for RMSNorm, RoPE, attention softmax, SwiGLU and the LM loss (lf_model::fused).
+    const VERSION: u32 = 3;
     const ABOUT: &'static str = "preference optimisation on chosen/rejected pairs (DPO, IPO, hinge, ORPO, SimPO; full, freeze or LoRA); resumable";
     const NUMERIC: bool = true;
 

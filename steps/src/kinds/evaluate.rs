@@ -20,7 +20,8 @@ impl Step for Evaluate {
     const KIND: &'static str = "evaluate";
     // 2: models without a value head are scored by their replies' mean log-probability.
     // 3: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
-    const VERSION: u32 = 3;
+    // 4: fused CPU kernels for RMSNorm, RoPE, attention softmax and SwiGLU (lf_model::fused).
+    const VERSION: u32 = 4;
     const ABOUT: &'static str = "compare models on perplexity, BLEU/ROUGE of generated replies, multiple-choice and reward accuracy, and latency";
     const NUMERIC: bool = true;
 

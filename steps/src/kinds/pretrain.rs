@@ -17,7 +17,8 @@ impl Step for Pretrain {
     type Params = PretrainParams;
     const KIND: &'static str = "pretrain";
     // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
-    const VERSION: u32 = 2;
+    // 3: fused CPU kernels for RMSNorm, RoPE, attention softmax, SwiGLU and the LM loss (lf_model::fused).
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "train a model on plain text (next-token prediction on every token); resumable";
     const NUMERIC: bool = true;

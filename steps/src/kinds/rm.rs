@@ -21,7 +21,8 @@ impl Step for Rm {
     type Params = RmParams;
     const KIND: &'static str = "rm";
     // 2: matrix products and sums in a fixed order on every CPU (lf_model::fixed_order).
-    const VERSION: u32 = 2;
+    // 3: fused CPU kernels for RMSNorm, RoPE, attention softmax, SwiGLU and the LM loss (lf_model::fused).
+    const VERSION: u32 = 3;
     const ABOUT: &'static str =
         "train a reward model (a value head) on preference pairs (full, freeze or LoRA); resumable";
     const NUMERIC: bool = true;

@@ -121,9 +121,7 @@ pub fn lm_loss_sum<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Option<Tens
     let logits = model.logits(picked.reshape([1, n, width]));
     let vocab = logits.dims()[2];
     let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
-    let targets =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
-    Some(cross_entropy_sum(logits, targets))
+    Some(-token_logps(logits, &batch.targets).sum())
 }
 
 /// The summed log-probability of the scored tokens of each row (f32): `Σₜ log p(targetₜ)` over the
@@ -145,11 +143,7 @@ pub fn row_logps<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> 
     let logits = model.logits(picked.reshape([1, n, width]));
     let vocab = logits.dims()[2];
     let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
-    let targets =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(batch.targets.clone(), [n, 1]), &device);
-    let max = logits.clone().detach().max_dim(1);
-    let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-    let token_logps = logits.gather(1, targets) - lse; // [n, 1]
+    let token_logps = token_logps(logits, &batch.targets).reshape([n, 1]);
     // Sum per row: a [rows, n] matrix of ones where token j belongs to row r.
     let mut assign = vec![0f32; rows * n];
     for (j, &i) in batch.scored.iter().enumerate() {
@@ -160,20 +154,25 @@ pub fn row_logps<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> 
     ops::matmul(assign, token_logps).reshape([rows])
 }
 
-/// `Σᵢ logsumexp(logitsᵢ) − logitsᵢ[targetᵢ]`, computed stably.
+/// `log softmax(logits)[target]` of each row (f32). On the CPU, one fused kernel
+/// ([`lf_model::fused::token_logps`]), which keeps only the logits for the backward.
 ///
 /// # Shapes
 /// - `logits`: `[n, vocab]` (f32)
-/// - `targets`: `[n, 1]`
-/// - output: `[1]`
-pub fn cross_entropy_sum<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 2, Int>,
-) -> Tensor<B, 1> {
+/// - `targets`: `n` token ids
+/// - output: `[n]`
+pub fn token_logps<B: Backend>(logits: Tensor<B, 2>, targets: &[i64]) -> Tensor<B, 1> {
+    let logits = match lf_model::fused::token_logps(logits, targets) {
+        Ok(logps) => return logps,
+        Err(logits) => logits,
+    };
+    let n = targets.len();
+    let device = logits.device();
+    let targets =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(targets.to_vec(), [n, 1]), &device);
     let max = logits.clone().detach().max_dim(1);
     let lse = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-    let target = logits.gather(1, targets);
-    (lse - target).sum()
+    (logits.gather(1, targets) - lse).reshape([n])
 }
 
 /// Pairs of an `rm` dataset, collated: the chosen sequences in rows `0..k`, the rejected ones in
