@@ -80,8 +80,8 @@ pub fn sum_all<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
     parts.sum()
 }
 
-/// Moves a value to the type it is known to have (the caller matched it with `TypeId`).
-fn same_type<T: 'static, U: 'static>(value: T) -> U {
+/// Moves a value to the type it is known to have (the caller matched it with a downcast).
+pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> U {
     match (Box::new(value) as Box<dyn Any>).downcast::<U>() {
         Ok(value) => *value,
         Err(_) => unreachable!("called with two different types"),
@@ -155,7 +155,8 @@ fn matmul_autodiff<const D: usize>(
 
 type FlexPrimitive = <Flex as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
-fn tensor<const D: usize>(p: FlexPrimitive) -> Tensor<Flex, D> {
+/// The CPU tensor of a primitive.
+pub(crate) fn tensor<const D: usize>(p: FlexPrimitive) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 

@@ -1,8 +1,10 @@
-//! Fused CPU kernels for the row-wise parts of the decoder, the attention softmax and RMSNorm, each
-//! with its backward.
+//! Fused CPU kernels, each with its backward, for the parts of the decoder that are not matrix
+//! products: RMSNorm, RoPE, the masked attention softmax, SwiGLU and the target-token
+//! log-probabilities of the loss.
 //!
-//! Written with burn's tensor operations, each is a chain of five to eight operations, and most of them
-//! broadcast a per-row statistic (a maximum, a sum, a mean square) over its row. The CPU backend runs a
+//! Written with burn's tensor operations, each is a chain of two to eight operations, and most of them
+//! broadcast a per-row statistic (a maximum, a sum, a mean square) or a table (RoPE's angles, the
+//! mask) over a bigger tensor. The CPU backend runs a
 //! broadcasting operation element by element through a generic strided iterator, and under autodiff
 //! every link records its own backward. In the quickstart's training step, the attention softmax and
 //! its backward took about 40 % of the time (profile: `docs/design/cpu-performance.md`). Here each
@@ -29,6 +31,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::fixed_order::{same_type, tensor};
+
 type CpuAd = Autodiff<Flex>;
 
 /// Rows whose contributions to a column sum are added together before the blocks are added in
@@ -40,8 +44,8 @@ const TASK_ELEMS: usize = 1 << 14;
 
 /// `softmax(scale · scores + mask)` over the last dimension, computed in f32.
 ///
-/// `None` when this backend or dtype has no fused kernel: the caller computes it from tensor
-/// operations.
+/// `Err` gives `scores` back when this backend or dtype has no fused kernel, or the mask does not
+/// have the shape below: the caller computes it from tensor operations.
 ///
 /// # Shapes
 /// - `scores`: `[batch, a, b, q, k]`
@@ -122,20 +126,9 @@ pub fn rms_norm<B: Backend, const D: usize>(
     }
 }
 
-/// Moves a value to the type it is known to have (the caller matched it with a downcast).
-fn same_type<T: 'static, U: 'static>(value: T) -> U {
-    match (Box::new(value) as Box<dyn Any>).downcast::<U>() {
-        Ok(value) => *value,
-        Err(_) => unreachable!("called with two different types"),
-    }
-}
-
+/// The contiguous CPU tensor under `t`.
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor().to_contiguous()
-}
-
-fn tensor<const D: usize>(p: FlexTensor) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
 }
 
 /// The f32 elements of a contiguous tensor.
