@@ -126,6 +126,28 @@ pub fn rms_norm<B: Backend, const D: usize>(
     }
 }
 
+/// The autodiff tensor primitive of the CPU backend.
+type AdPrimitive = <CpuAd as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// Records `output` as the result of the custom operation `op` on `parents`, keeping `state` for its
+/// backward when a parent needs a gradient.
+fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+    op: O,
+    parents: [&AdPrimitive; N],
+    state: O::State,
+    output: FlexTensor,
+) -> Tensor<CpuAd, D> {
+    let output = match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(output))
+}
+
 /// The contiguous CPU tensor under `t`.
 fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor().to_contiguous()
@@ -286,15 +308,7 @@ fn softmax_autodiff(
         mask.map(flex).as_ref(),
         &dims,
     );
-    let out = match SoftmaxBackward
-        .prepare::<NoCheckpointing>([scores.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((out.clone(), scale), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(SoftmaxBackward, [&scores], (out.clone(), scale), out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -407,15 +421,7 @@ fn rms_norm_autodiff<const D: usize>(
         weight.primitive.clone().to_contiguous(),
     );
     let out = rms_norm_forward(&xp, &wp, eps, &dims);
-    let out = match RmsNormBackward
-        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((xp, wp, eps), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(RmsNormBackward, [&x, &weight], (xp, wp, eps), out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -529,15 +535,7 @@ impl Backward<Flex, 1> for RotaryBackward {
 fn rotary_autodiff(x: Tensor<CpuAd, 4>, cos: FlexTensor, sin: FlexTensor) -> Tensor<CpuAd, 4> {
     let x = x.into_primitive().tensor();
     let out = rotate(&x.primitive, &cos, &sin, 1.0);
-    let out = match RotaryBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((cos, sin), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(RotaryBackward, [&x], (cos, sin), out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,15 +632,12 @@ fn token_logps_autodiff(logits: Tensor<CpuAd, 2>, targets: &[i64]) -> Tensor<Cpu
     let x = logits.primitive.clone().to_contiguous();
     let (logps, lse) = logps_forward(&x, targets);
     let out = from_vec(logps, &[n]);
-    let out = match TokenLogpsBackward
-        .prepare::<NoCheckpointing>([logits.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((x, lse, targets.to_vec()), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(
+        TokenLogpsBackward,
+        [&logits],
+        (x, lse, targets.to_vec()),
+        out,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,15 +739,7 @@ fn swiglu_autodiff<const D: usize>(
         up.primitive.clone().to_contiguous(),
     );
     let out = swiglu_forward(&g, &u, &dims);
-    let out = match SwigluBackward
-        .prepare::<NoCheckpointing>([gate.node.clone(), up.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((g, u), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    record(SwigluBackward, [&gate, &up], (g, u), out)
 }
 
 #[cfg(test)]
