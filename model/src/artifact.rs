@@ -11,7 +11,14 @@
 //! base/                      the base model (a Hugging Face folder or one `.gguf` file)
 //! tokenizer.json, …          the tokenizer files, so the artifact can be a `dataset` step's model
 //! value_head.safetensors     a reward model's value head, when there is one
+//! quantization_config.json   when the adapter was trained on a quantised base (QLoRA): how the
+//!                            base's projections were quantised (Hugging Face's BitsAndBytesConfig
+//!                            fields)
 //! ```
+//!
+//! A LoRA artifact with a quantisation config computes with its base *as quantised*: loading it
+//! quantises the base's projections the same way (and, for inference, dequantises them once), and
+//! exporting merges the adapter into those dequantised values.
 //!
 //! Weights are streamed tensor by tensor ([`ModelArtifact::tensors`]), so exporting a model never
 //! holds more than one tensor in memory besides the current shard; [`ModelArtifact::load`] builds a
@@ -29,9 +36,14 @@ use crate::config::ModelConfig;
 use crate::gguf::GgufFile;
 use crate::gguf::GgufSource;
 use crate::gguf::tokenizer::TokenizerBundle;
-use crate::llama::{Llama, TensorSource, hf_tensor_shapes};
-use crate::load::{ModelFormat, SafetensorsSource, find_gguf, load_model, load_tokenizer};
+use crate::linear::LINEAR_MODULES;
+use crate::llama::{BuildOptions, Llama, TensorSource, hf_tensor_shapes};
+use crate::load::{ModelFormat, SafetensorsSource, find_gguf, load_model_with, load_tokenizer};
+use crate::quant::{QuantSpec, QuantizedMatrix};
 use crate::value_head::VALUE_HEAD;
+
+/// The file beside an adapter that says how its base was quantised in training.
+pub const QUANTIZATION_CONFIG: &str = "quantization_config.json";
 
 /// The files of a Hugging Face folder that describe its tokenizer.
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -76,6 +88,8 @@ pub struct ModelArtifact {
     pub tokenizer_dir: PathBuf,
     /// `value_head.safetensors`, when the model has one (reward models).
     pub value_head: Option<PathBuf>,
+    /// How the base's projections were quantised when the adapter was trained (QLoRA).
+    pub quantization: Option<QuantSpec>,
 }
 
 impl ModelArtifact {
@@ -144,6 +158,11 @@ impl ModelArtifact {
         let value_head = [root_dir.join(VALUE_HEAD), base_dir.join(VALUE_HEAD)]
             .into_iter()
             .find(|p| p.is_file());
+        let quantization = if is_lora {
+            read_quantization(&path.join(QUANTIZATION_CONFIG))?
+        } else {
+            None
+        };
         Ok(ModelArtifact {
             root: path.to_path_buf(),
             kind,
@@ -153,6 +172,7 @@ impl ModelArtifact {
             adapter,
             tokenizer_dir,
             value_head,
+            quantization,
         })
     }
 
@@ -211,6 +231,11 @@ impl ModelArtifact {
             let mut values = src
                 .tensor(name, shape)
                 .with_context(|| format!("cannot read `{name}` of `{}`", self.root.display()))?;
+            if let Some(spec) = self.quantization
+                && is_projection_weight(name)
+            {
+                values = QuantizedMatrix::quantize(&values, shape[0], shape[1], spec).dequantize();
+            }
             if let Some(adapter) = &self.adapter
                 && let Some(module) = name.strip_suffix(".weight")
                 && let Some(lora) = adapter.modules.get(module)
@@ -224,16 +249,65 @@ impl ModelArtifact {
 
     /// Loads the model on `device` in `dtype`, with the adapter attached beside the base weights
     /// (not merged), as training left it.
+    ///
+    /// A base quantised in training is quantised the same way and dequantised again: the same
+    /// function as in training, computed with dense products.
     pub fn load<B: Backend>(&self, device: &B::Device, dtype: Dtype) -> anyhow::Result<Llama<B>> {
+        self.load_with(device, dtype, BuildOptions::default())
+    }
+
+    /// [`ModelArtifact::load`] with the decoder's projections stored as `options` says: quantised
+    /// (QLoRA), or kept in a GGUF base's blocks. A base this artifact records as quantised one way
+    /// and asked for another is quantised its own way first (the function the adapter was trained
+    /// on), then dequantised and, if asked, quantised the other way.
+    pub fn load_with<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: Dtype,
+        options: BuildOptions,
+    ) -> anyhow::Result<Llama<B>> {
         let path = self.base_path();
-        let mut model = load_model::<B>(path, device, dtype)
+        let own = self.quantization;
+        let build = BuildOptions {
+            quantize: own.or(options.quantize),
+            ..options
+        };
+        let mut model = load_model_with::<B>(path, device, dtype, build)
             .with_context(|| format!("cannot load model `{}`", path.display()))?
             .model;
+        if own.is_some() && own != options.quantize {
+            model = model.dequantize_linears();
+            if let Some(spec) = options.quantize {
+                model = model.quantize_linears(spec);
+            }
+        }
         if let Some(adapter) = &self.adapter {
             adapter.attach(&mut model, device, dtype)?;
         }
         Ok(model)
     }
+}
+
+/// Whether `name` is the weight of a decoder layer's projection (what QLoRA quantises).
+pub fn is_projection_weight(name: &str) -> bool {
+    name.starts_with("model.layers.")
+        && name
+            .strip_suffix(".weight")
+            .and_then(|m| m.rsplit('.').next())
+            .is_some_and(|m| LINEAR_MODULES.contains(&m))
+}
+
+/// The quantisation recorded in `path`, if the file exists.
+fn read_quantization(path: &Path) -> anyhow::Result<Option<QuantSpec>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    let json: Json = serde_json::from_str(&text)
+        .with_context(|| format!("cannot parse `{}`", path.display()))?;
+    let spec = QuantSpec::from_json(&json).with_context(|| format!("in `{}`", path.display()))?;
+    Ok(Some(spec))
 }
 
 fn base_dir_of(base: &ModelFormat) -> PathBuf {

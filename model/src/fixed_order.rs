@@ -89,7 +89,10 @@ pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> U {
 }
 
 /// The blocked product on the CPU backend, without autodiff.
-fn matmul_blocked<const D: usize>(lhs: Tensor<Flex, D>, rhs: Tensor<Flex, D>) -> Tensor<Flex, D> {
+pub(crate) fn matmul_blocked<const D: usize>(
+    lhs: Tensor<Flex, D>,
+    rhs: Tensor<Flex, D>,
+) -> Tensor<Flex, D> {
     let k = lhs.dims()[D - 1];
     if k <= K_BLOCK {
         return lhs.matmul(rhs);

@@ -127,11 +127,11 @@ pub fn rms_norm<B: Backend, const D: usize>(
 }
 
 /// The autodiff tensor primitive of the CPU backend.
-type AdPrimitive = <CpuAd as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
+pub(crate) type AdPrimitive = <CpuAd as burn::tensor::backend::BackendTypes>::FloatTensorPrimitive;
 
 /// Records `output` as the result of the custom operation `op` on `parents`, keeping `state` for its
 /// backward when a parent needs a gradient.
-fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
+pub(crate) fn record<O: Backward<Flex, N>, const N: usize, const D: usize>(
     op: O,
     parents: [&AdPrimitive; N],
     state: O::State,

@@ -18,6 +18,8 @@
 //! - [`value_head`]: the scalar head of a reward model.
 //! - [`llama`]: the decoder ([`Llama`], [`ForwardInput`], [`KvCache`]).
 //! - [`linear`]: the linear layer with a frozen-able base and an optional LoRA adapter.
+//! - [`quant`]: quantised frozen bases (NF4/FP4/int8 as bitsandbytes stores them, GGUF blocks) and
+//!   the product that dequantises them layer by layer (QLoRA).
 //! - [`generate`]: sampling with a KV cache, stop conditions and streaming.
 //! - [`ops`]: the one matmul every layer goes through, plus the small numeric kernels.
 //! - [`backend`]: the concrete backends (CPU, CUDA), device and dtype choices; the `cuda` feature.
@@ -38,6 +40,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod ops;
+pub mod quant;
 pub mod rng;
 pub mod rope;
 pub mod value_head;

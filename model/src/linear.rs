@@ -2,8 +2,8 @@
 //! adapter computed beside the base.
 //!
 //! The adapter adds `(dropout(x) · Aᵀ) · Bᵀ · scale` to the base output; the dense `W + B·A` is never
-//! formed, so a step costs two thin matmuls and the base can stay frozen (or, later, quantised:
-//! [`BaseWeight`] is an enum with one `Dense` variant today, the slot for a QLoRA base).
+//! formed, so a step costs two thin matmuls and the base can stay frozen, or quantised
+//! ([`BaseWeight::Quantized`], QLoRA).
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::ops;
+use crate::quant::{QuantSpec, QuantWeight, QuantizedMatrix};
 use crate::rng::Rng;
 
 /// The frozen-able base weight of a [`Linear`], stored as HF does: `[out, in]`.
@@ -18,6 +19,8 @@ use crate::rng::Rng;
 pub enum BaseWeight<B: Backend> {
     /// A plain float matrix.
     Dense(Param<Tensor<B, 2>>),
+    /// A frozen matrix in a quantised format, dequantised inside each product.
+    Quantized(QuantWeight),
 }
 
 impl<B: Backend> BaseWeight<B> {
@@ -25,6 +28,7 @@ impl<B: Backend> BaseWeight<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
             BaseWeight::Dense(w) => ops::linear(x, w.val()),
+            BaseWeight::Quantized(w) => crate::quant::op::linear(x, w),
         }
     }
 
@@ -32,19 +36,42 @@ impl<B: Backend> BaseWeight<B> {
     pub fn dims(&self) -> [usize; 2] {
         match self {
             BaseWeight::Dense(w) => w.val().dims(),
+            BaseWeight::Quantized(w) => w.dims(),
         }
     }
 
-    /// The weight as a dense float tensor (dequantised for quantised variants).
-    pub fn to_dense(&self) -> Tensor<B, 2> {
+    /// The weight as a dense float tensor (dequantised for quantised variants, on `device` in
+    /// `dtype`).
+    pub fn to_dense_on(&self, device: &B::Device, dtype: DType) -> Tensor<B, 2> {
         match self {
             BaseWeight::Dense(w) => w.val(),
+            BaseWeight::Quantized(w) => {
+                Tensor::from_data(TensorData::new(w.0.dequantize(), w.dims()), (device, dtype))
+            }
+        }
+    }
+
+    /// The dense weight, or `None` for a quantised one.
+    pub fn dense(&self) -> Option<Tensor<B, 2>> {
+        match self {
+            BaseWeight::Dense(w) => Some(w.val()),
+            BaseWeight::Quantized(_) => None,
+        }
+    }
+
+    /// The quantised matrix, or `None` for a dense weight.
+    pub fn quantized(&self) -> Option<&QuantizedMatrix> {
+        match self {
+            BaseWeight::Dense(_) => None,
+            BaseWeight::Quantized(w) => Some(&w.0),
         }
     }
 
     fn set_require_grad(self, require_grad: bool) -> Self {
         match self {
             BaseWeight::Dense(w) => BaseWeight::Dense(w.set_require_grad(require_grad)),
+            // Always frozen.
+            BaseWeight::Quantized(w) => BaseWeight::Quantized(w),
         }
     }
 }
@@ -199,22 +226,55 @@ impl<B: Backend> Linear<B> {
         self
     }
 
-    /// Attaches a fresh adapter (replacing any existing one).
-    pub fn with_lora(mut self, cfg: &LoraConfig, name: &str, seed: u64) -> Self {
+    /// Attaches a fresh adapter on `device` in `dtype` (replacing any existing one).
+    pub fn with_lora(
+        mut self,
+        cfg: &LoraConfig,
+        name: &str,
+        seed: u64,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         let [out, inp] = self.dims();
-        let w = self.base.to_dense();
-        let (device, dtype) = (w.device(), w.dtype());
-        self.lora = Some(LoraAdapter::init(cfg, inp, out, name, seed, &device, dtype));
+        self.lora = Some(LoraAdapter::init(cfg, inp, out, name, seed, device, dtype));
         self
     }
 
-    /// Folds the adapter into a dense base (`W + B·A·scale`) and drops it. The merged weight is a new
-    /// leaf (detached from the adapter), so on an autodiff backend it can be trained in turn.
+    /// Folds the adapter into the base (`W + B·A·scale`, a quantised base dequantised first) and
+    /// drops it. The merged weight is a new dense leaf (detached from the adapter), so on an autodiff
+    /// backend it can be trained in turn.
     pub fn merge_lora(mut self) -> Self {
         if let Some(lora) = self.lora.take() {
-            let w = self.base.to_dense();
-            let merged = w.clone() + ops::cast(lora.delta(), w.dtype());
+            let delta = lora.delta();
+            let w = self.base.to_dense_on(&delta.device(), delta.dtype());
+            let merged = w.clone() + ops::cast(delta, w.dtype());
             self.base = BaseWeight::Dense(Param::from_tensor(merged.detach()));
+        }
+        self
+    }
+
+    /// Stores a dense base in `spec`'s format (frozen); a quantised base is left as it is.
+    pub fn quantize(mut self, spec: QuantSpec) -> Self {
+        if let Some(w) = self.base.dense() {
+            let [rows, cols] = w.dims();
+            let values = w
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default();
+            self.base = BaseWeight::Quantized(QuantWeight::new(QuantizedMatrix::quantize(
+                &values, rows, cols, spec,
+            )));
+        }
+        self
+    }
+
+    /// Replaces a quantised base by its dequantised values as a dense weight on `device` in `dtype`
+    /// (the same function, computed faster and in more memory).
+    pub fn dequantize(mut self, device: &B::Device, dtype: DType) -> Self {
+        if self.base.quantized().is_some() {
+            let w = self.base.to_dense_on(device, dtype);
+            self.base = BaseWeight::Dense(Param::from_tensor(w));
         }
         self
     }

@@ -11,8 +11,9 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::linear::{LINEAR_MODULES, Linear, LoraConfig};
+use crate::linear::{BaseWeight, LINEAR_MODULES, Linear, LoraConfig};
 use crate::ops;
+use crate::quant::{QuantSpec, QuantWeight, QuantizedMatrix};
 use crate::rope::{Rope, apply_rotary};
 
 /// Added to attention scores that must not be attended to (finite, so no NaN from `-inf - -inf`).
@@ -373,6 +374,21 @@ pub trait TensorSource {
     /// The tensor `name` as row-major f32 values of shape `shape`; an error if it is missing or
     /// has another shape.
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// The tensor `name` in the quantised blocks it is stored in, if it is (a GGUF file's Q4_1
+    /// projection); `None` for tensors stored as floats.
+    fn quantized(&mut self, _name: &str, _shape: &[usize]) -> Result<Option<QuantizedMatrix>> {
+        Ok(None)
+    }
+}
+
+/// How the decoder's projections are stored when a model is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Quantise them (QLoRA's frozen base).
+    pub quantize: Option<QuantSpec>,
+    /// Keep those a GGUF file stores in quantised blocks in those blocks (before `quantize`).
+    pub keep_gguf_blocks: bool,
 }
 
 /// Turns HF-named host tensors into device tensors of one dtype.
@@ -380,6 +396,7 @@ struct Builder<'a, B: Backend> {
     src: &'a mut dyn TensorSource,
     device: &'a B::Device,
     dtype: DType,
+    options: BuildOptions,
 }
 
 impl<B: Backend> Builder<'_, B> {
@@ -400,13 +417,33 @@ impl<B: Backend> Builder<'_, B> {
     }
 
     fn linear(&mut self, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>> {
-        let w = self.t2(&format!("{name}.weight"), out, inp)?;
         let b = if bias {
             Some(self.t1(&format!("{name}.bias"), out)?)
         } else {
             None
         };
-        Ok(Linear::dense(w, b))
+        let weight = format!("{name}.weight");
+        let kept = if self.options.keep_gguf_blocks {
+            self.src.quantized(&weight, &[out, inp])?
+        } else {
+            None
+        };
+        let quantized = match (kept, self.options.quantize) {
+            (Some(q), _) => Some(q),
+            (None, Some(spec)) => {
+                let v = self.src.tensor(&weight, &[out, inp])?;
+                Some(QuantizedMatrix::quantize(&v, out, inp, spec))
+            }
+            (None, None) => None,
+        };
+        Ok(match quantized {
+            Some(q) => Linear {
+                base: BaseWeight::Quantized(QuantWeight::new(q)),
+                bias: b.map(Param::from_tensor),
+                lora: None,
+            },
+            None => Linear::dense(self.t2(&weight, out, inp)?, b),
+        })
     }
 
     fn norm(&mut self, name: &str, n: usize, eps: f64) -> Result<RmsNorm<B>> {
@@ -425,9 +462,26 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self> {
+        Self::from_source_with(config, src, device, dtype, BuildOptions::default())
+    }
+
+    /// Builds the model from HF-named tensors, the decoder's projections stored as `options` says
+    /// (the LM head, embeddings and norms are always dense).
+    pub fn from_source_with(
+        config: &ModelConfig,
+        src: &mut dyn TensorSource,
+        device: &B::Device,
+        dtype: DType,
+        options: BuildOptions,
+    ) -> Result<Self> {
         config.validate()?;
         let c = config;
-        let mut ld = Builder::<B> { src, device, dtype };
+        let mut ld = Builder::<B> {
+            src,
+            device,
+            dtype,
+            options: BuildOptions::default(),
+        };
         let (h, q_dim, kv_dim) = (
             c.hidden_size,
             c.num_attention_heads * c.head_dim,
@@ -437,6 +491,7 @@ impl<B: Backend> Llama<B> {
         let embed_tokens =
             Param::from_tensor(ld.t2("model.embed_tokens.weight", c.vocab_size, h)?);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        ld.options = options;
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let qk_norm = |ld: &mut Builder<B>, which: &str| -> Result<Option<RmsNorm<B>>> {
@@ -478,6 +533,7 @@ impl<B: Backend> Llama<B> {
                 )?,
             });
         }
+        ld.options = BuildOptions::default();
         let norm = ld.norm("model.norm.weight", h, eps)?;
         let lm_head = if c.tie_word_embeddings {
             None
@@ -628,6 +684,8 @@ impl<B: Backend> Llama<B> {
 
     /// Every base parameter with its HF name, in a stable order.
     pub fn hf_tensors(&self) -> Vec<(String, HfTensor<B>)> {
+        let device = self.device();
+        let at = (&device, self.dtype);
         let mut out = Vec::new();
         out.push((
             "model.embed_tokens.weight".to_string(),
@@ -636,7 +694,7 @@ impl<B: Backend> Llama<B> {
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             for (name, lin) in l.named_linears() {
-                push_linear(&mut out, &format!("{p}.{name}"), lin);
+                push_linear(&mut out, &format!("{p}.{name}"), lin, at);
             }
             if let Some(n) = &l.self_attn.q_norm {
                 out.push((
@@ -664,7 +722,7 @@ impl<B: Backend> Llama<B> {
             HfTensor::Rank1(self.norm.weight.val()),
         ));
         if let Some(head) = &self.lm_head {
-            push_linear(&mut out, "lm_head", head);
+            push_linear(&mut out, "lm_head", head, at);
         }
         out
     }
@@ -706,10 +764,17 @@ impl<B: Backend> Llama<B> {
                     .join(", ")
             )));
         }
+        let (device, dtype) = (self.device(), self.dtype);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             layer.map_linears(|name, lin| {
                 if cfg.targets(name) {
-                    lin.with_lora(cfg, &format!("model.layers.{i}.{name}"), seed)
+                    lin.with_lora(
+                        cfg,
+                        &format!("model.layers.{i}.{name}"),
+                        seed,
+                        &device,
+                        dtype,
+                    )
                 } else {
                     lin
                 }
@@ -760,12 +825,54 @@ impl<B: Backend> Llama<B> {
         }
         self
     }
+
+    /// Stores the dense projections of every decoder layer in `spec`'s format (QLoRA's frozen base;
+    /// embeddings, norms and the LM head stay as they are). Layer by layer, so only one layer's
+    /// weights exist in both forms at a time.
+    pub fn quantize_linears(mut self, spec: QuantSpec) -> Self {
+        for layer in &mut self.layers {
+            layer.map_linears(|_, lin| lin.quantize(spec));
+        }
+        self
+    }
+
+    /// Replaces every quantised projection by its dequantised values (for inference: the same
+    /// function as the quantised model, as dense products).
+    pub fn dequantize_linears(mut self) -> Self {
+        let (device, dtype) = (self.device(), self.dtype);
+        for layer in &mut self.layers {
+            layer.map_linears(|_, lin| lin.dequantize(&device, dtype));
+        }
+        self
+    }
+
+    /// Bytes held by the decoder projections: `(dense, quantised)`.
+    pub fn linear_bytes(&self) -> (usize, usize) {
+        let (mut dense, mut quantized) = (0, 0);
+        for layer in &self.layers {
+            for (_, lin) in layer.named_linears() {
+                match lin.base.quantized() {
+                    Some(q) => quantized += q.bytes(),
+                    None => {
+                        let [r, c] = lin.dims();
+                        dense += r * c * self.dtype.size();
+                    }
+                }
+            }
+        }
+        (dense, quantized)
+    }
 }
 
-fn push_linear<B: Backend>(out: &mut Vec<(String, HfTensor<B>)>, name: &str, lin: &Linear<B>) {
+fn push_linear<B: Backend>(
+    out: &mut Vec<(String, HfTensor<B>)>,
+    name: &str,
+    lin: &Linear<B>,
+    (device, dtype): (&B::Device, DType),
+) {
     out.push((
         format!("{name}.weight"),
-        HfTensor::Rank2(lin.base.to_dense()),
+        HfTensor::Rank2(lin.base.to_dense_on(device, dtype)),
     ));
     if let Some(b) = &lin.bias {
         out.push((format!("{name}.bias"), HfTensor::Rank1(b.val())));

@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gguf::tokenizer::TokenizerBundle;
 use crate::gguf::{GgufFile, GgufSource};
-use crate::llama::{Llama, TensorSource};
+use crate::llama::{BuildOptions, Llama, TensorSource};
 use crate::rng::Rng;
 
 /// File contents, memory-mapped or owned.
@@ -389,21 +389,34 @@ pub fn load_model<B: Backend>(
     device: &B::Device,
     dtype: Dtype,
 ) -> Result<LoadedModel<B>> {
+    load_model_with(path, device, dtype, BuildOptions::default())
+}
+
+/// [`load_model`], the decoder's projections stored as `options` says (quantised, or kept in a GGUF
+/// file's blocks).
+pub fn load_model_with<B: Backend>(
+    path: &Path,
+    device: &B::Device,
+    dtype: Dtype,
+    options: BuildOptions,
+) -> Result<LoadedModel<B>> {
     let format = ModelFormat::detect(path)?;
     let (model, config) = match &format {
         ModelFormat::HfDir(dir) => {
             let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
             let mut src = SafetensorsSource::open_dir(dir)?;
-            let model = Llama::from_source(&config, &mut src, device, burn_dtype(dtype))
-                .map_err(|e| e.at(dir))?;
+            let model =
+                Llama::from_source_with(&config, &mut src, device, burn_dtype(dtype), options)
+                    .map_err(|e| e.at(dir))?;
             (model, config)
         }
         ModelFormat::Gguf(file) => {
             let gguf = GgufFile::open(file)?;
             let config = ModelConfig::from_gguf(&gguf).map_err(|e| e.at(file))?;
             let mut src = GgufSource::new(&gguf, &config);
-            let model = Llama::from_source(&config, &mut src, device, burn_dtype(dtype))
-                .map_err(|e| e.at(file))?;
+            let model =
+                Llama::from_source_with(&config, &mut src, device, burn_dtype(dtype), options)
+                    .map_err(|e| e.at(file))?;
             (model, config)
         }
     };

@@ -1212,3 +1212,98 @@ fn random_requests_are_answered_within_the_context_or_refused() {
         "{answered} answered, {refused} refused"
     );
 }
+
+/// LoRA on the SmolLM2 Q4_1 file kept in its blocks: the model holds the projections in about an
+/// eighth of the f32 bytes, and computes the same logits and LoRA gradients, bit for bit, as the
+/// model dequantised at load (the Q/K rows llama.cpp permuted are put back in block rows).
+#[test]
+fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
+    use super::backend::CpuAutodiff;
+    use super::linear::LoraConfig;
+    use super::llama::BuildOptions;
+    use super::load::load_model_with;
+    let path = smollm2_gguf();
+    let kept_options = BuildOptions {
+        quantize: None,
+        keep_gguf_blocks: true,
+    };
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: vec!["q_proj".into(), "down_proj".into()],
+    };
+    let load = |options| {
+        load_model_with::<CpuAutodiff>(&path, &CpuDevice, Dtype::F32, options)
+            .unwrap()
+            .model
+            .with_lora(&lora, 3)
+            .unwrap()
+            .freeze_base(true)
+    };
+    let dense = load(BuildOptions::default());
+    let kept = load(kept_options);
+    let (dense_bytes, none) = dense.linear_bytes();
+    let (rest, kept_bytes) = kept.linear_bytes();
+    assert_eq!((none, rest), (0, 0));
+    // Q4_1: 20 bytes per 32 weights, against 128 in f32.
+    assert_eq!(kept_bytes * 128, dense_bytes * 20);
+
+    let ids = vec![
+        vec![1u32, 504, 3458, 282, 4649, 314, 2],
+        vec![1, 28, 940, 30, 7, 9, 11],
+    ];
+    let run = |m: &Llama<CpuAutodiff>| {
+        let logits = m.forward(ForwardInput::from_rows(&ids, &CpuDevice), None);
+        let weights = Tensor::<CpuAutodiff, 3>::from_data(
+            TensorData::new(
+                (0..logits.shape().num_elements())
+                    .map(|i| ((i % 97) as f32 - 48.0) / 1000.0)
+                    .collect::<Vec<_>>(),
+                logits.dims(),
+            ),
+            &CpuDevice,
+        );
+        let grads = (logits.clone() * weights).sum().backward();
+        let l0 = &m.layers[0];
+        let grad_bits = |t: Tensor<CpuAutodiff, 2>| -> Vec<u32> {
+            let g = t.grad(&grads).expect("a LoRA matrix gets a gradient");
+            g.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        let q = l0.self_attn.q_proj.lora.as_ref().unwrap();
+        let d = l0.mlp.down_proj.lora.as_ref().unwrap();
+        let logit_bits: Vec<u32> = logits
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        (logit_bits, grad_bits(q.a.val()), grad_bits(d.a.val()))
+    };
+    let (dl, dq, dd) = run(&dense);
+    let (kl, kq, kd) = run(&kept);
+    assert!(dl == kl, "logits differ");
+    assert!(dq == kq, "q_proj LoRA gradients differ");
+    assert!(dd == kd, "down_proj LoRA gradients differ");
+    // Merging dequantises: the same weights as the dense model's.
+    let merged = kept.merge_lora();
+    let dense_merged = dense.merge_lora();
+    let w = |m: &Llama<CpuAutodiff>| {
+        m.layers[3]
+            .self_attn
+            .k_proj
+            .base
+            .to_dense_on(&CpuDevice, DType::F32)
+    };
+    assert_eq!(
+        w(&merged).into_data().to_vec::<f32>().unwrap(),
+        w(&dense_merged).into_data().to_vec::<f32>().unwrap()
+    );
+}

@@ -336,3 +336,154 @@ fn artifacts_do_not_depend_on_the_thread_count() {
         assert_eq!(o, &outputs[0].1, "{threads} threads differ from 1");
     }
 }
+
+/// QLoRA through the binary: `sft` with `quantization_bit: 4` records its quantisation beside the
+/// adapter, a second LoRA step continues from it in 8 bits, chat and export read both, and a
+/// quantisation key on a full fine-tune is refused before anything runs.
+#[test]
+fn qlora_steps_train_chain_chat_and_export() {
+    let p = Project::new();
+    let steps = r#"  identity:
+    kind: template
+    source: builtin:identity
+    vars: {name: "{{ vars.name }}", author: "{{ vars.author }}"}
+  chat-data:
+    kind: dataset
+    model: base
+    datasets: [{source: identity, max_samples: 8}]
+    cutoff_len: 64
+  qlora:
+    kind: sft
+    model: base
+    dataset: chat-data
+    quantization_bit: 4
+    max_steps: 3
+    batch_size: 2
+    learning_rate: 1.0e-2
+  qlora8:
+    kind: sft
+    model: qlora
+    dataset: chat-data
+    quantization_bit: 8
+    max_steps: 2
+    batch_size: 2
+  export:
+    kind: export
+    model: qlora
+"#;
+    p.write("p.yaml", &manifest(steps));
+    ok(&p.lf(&["run", "p.yaml"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&p.read("runs/train-test/qlora/quantization_config.json")).unwrap();
+    assert_eq!(config["load_in_4bit"], true);
+    assert_eq!(config["bnb_4bit_quant_type"], "nf4");
+    assert_eq!(config["bnb_4bit_use_double_quant"], true);
+    let state: serde_json::Value =
+        serde_json::from_str(&p.read("runs/train-test/qlora/trainer_state.json")).unwrap();
+    assert!(state["final_loss"].as_f64().unwrap().is_finite(), "{state}");
+    // The second step merged the first adapter into its (dequantised) base and wrote that base:
+    // the values it trained against, so nothing more to record.
+    assert!(
+        p.path()
+            .join("runs/train-test/qlora8/base/model.safetensors")
+            .is_file()
+    );
+    assert!(
+        !p.path()
+            .join("runs/train-test/qlora8/quantization_config.json")
+            .exists()
+    );
+    assert!(
+        p.path()
+            .join("runs/train-test/export/model.safetensors")
+            .is_file()
+    );
+    for model in ["qlora", "qlora8"] {
+        let run = p.lf(&[
+            "chat",
+            "-f",
+            "p.yaml",
+            "--model",
+            model,
+            "--prompt",
+            "Who are you?",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+        ]);
+        ok(&run);
+    }
+    // Re-running is fully cached.
+    let again = p.lf(&["run", "p.yaml", "--json"]);
+    ok(&again);
+    assert_eq!(again.status_of("qlora"), "cached");
+
+    p.write(
+        "p.yaml",
+        &manifest(&steps.replace(
+            "quantization_bit: 8",
+            "quantization_bit: 8\n    finetuning_type: freeze",
+        )),
+    );
+    let run = p.lf(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("quantised training needs `finetuning_type: lora`, not `freeze`"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A GGUF model whose projections are quantised already trains on its own blocks: asking for
+/// `quantization_bit` on it is refused before training, with a hint.
+#[test]
+fn quantization_bit_on_a_quantised_gguf_is_refused_before_training() {
+    let gguf = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = std::env::var_os("LF_MODELS_DIR")
+        .map(|d| std::path::PathBuf::from(d).join("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .unwrap_or(gguf);
+    assert!(gguf.is_file(), "run scripts/fetch-models.sh first");
+    let p = Project::new();
+    p.write(
+        "p.yaml",
+        &format!(
+            r#"name: gguf-qlora
+allow_outside: [{dir}]
+steps:
+  model:
+    kind: download
+    path: {gguf}
+  data:
+    kind: dataset
+    model: model
+    datasets: [{{source: builtin:identity, max_samples: 4}}]
+    cutoff_len: 256
+  sft:
+    kind: sft
+    model: model
+    dataset: data
+    quantization_bit: 4
+    max_steps: 1
+"#,
+            dir = gguf.parent().unwrap().display(),
+            gguf = gguf.display()
+        ),
+    );
+    let run = p.lf(&["run", "p.yaml"]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is quantised already"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("Q4_1"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("remove `quantization_bit: 4`"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.path().join("runs/gguf-qlora/sft").exists());
+}

@@ -7,6 +7,7 @@ use super::read::GgufFile;
 use crate::config::{Arch, ModelConfig};
 use crate::error::{Error, Result};
 use crate::llama::TensorSource;
+use crate::quant::QuantizedMatrix;
 
 /// The GGUF name of a HF tensor name (llama.cpp's naming).
 pub fn gguf_tensor_name(hf: &str) -> Option<String> {
@@ -38,10 +39,16 @@ pub fn gguf_tensor_name(hf: &str) -> Option<String> {
 
 /// Undoes llama.cpp's permutation of Q/K rows for its interleaved RoPE: within each head of
 /// width `hd`, GGUF row `2·d + j` is HF row `j·hd/2 + d`.
-pub fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+/// `cols` counts elements of `data` per row: f32 values, or the bytes of a row of GGML blocks.
+pub fn unpermute_rows<T: Copy + Default>(
+    data: &[T],
+    rows: usize,
+    cols: usize,
+    n_heads: usize,
+) -> Vec<T> {
     let hd = rows / n_heads;
     let half = hd / 2;
-    let mut out = vec![0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..n_heads {
         for d in 0..half {
             for j in 0..2 {
@@ -95,20 +102,55 @@ impl TensorSource for GgufSource<'_> {
                 got,
             });
         }
-        // llama.cpp permutes Q/K of `llama` models for its interleaved RoPE; qwen2/3 use NeoX
-        // (rotate-half) RoPE there and are stored unpermuted.
-        let permuted = matches!(self.config.arch, Arch::Llama | Arch::Mistral);
-        if permuted && (gname.contains(".attn_q.") || gname.contains(".attn_k.")) {
-            let heads = if gname.contains(".attn_q.") {
-                self.config.num_attention_heads
-            } else {
-                self.config.num_key_value_heads
-            };
-            let rows = shape[0];
-            let cols = if shape.len() == 2 { shape[1] } else { 1 };
-            return Ok(unpermute_rows(&data, rows, cols, heads));
+        let rows = shape[0];
+        let cols = if shape.len() == 2 { shape[1] } else { 1 };
+        Ok(match self.permuted_heads(&gname) {
+            Some(heads) => unpermute_rows(&data, rows, cols, heads),
+            None => data,
+        })
+    }
+
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantizedMatrix>> {
+        let Some(gname) = gguf_tensor_name(name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor(&gname) else {
+            return Ok(None);
+        };
+        let ty = info.ggml_type;
+        if ty.block().0 == 1 || info.hf_shape() != shape || shape.len() != 2 {
+            return Ok(None);
         }
-        Ok(data)
+        let (rows, cols) = (shape[0], shape[1]);
+        let bytes = self.file.tensor_bytes(info);
+        let row_bytes = ty.byte_size(cols) as usize;
+        let bytes = match self.permuted_heads(&gname) {
+            Some(heads) => unpermute_rows(bytes, rows, row_bytes, heads),
+            None => bytes.to_vec(),
+        };
+        QuantizedMatrix::from_ggml(ty, bytes, rows, cols)
+            .map(Some)
+            .map_err(|e| match e {
+                Error::Unsupported(m) => Error::Unsupported(format!("tensor `{gname}`: {m}")),
+                other => other,
+            })
+    }
+}
+
+impl GgufSource<'_> {
+    /// The head count whose rows llama.cpp permuted in tensor `gname`, if it did: Q/K of `llama`
+    /// models, for its interleaved RoPE (qwen2/3 use NeoX RoPE there and are stored unpermuted).
+    fn permuted_heads(&self, gname: &str) -> Option<usize> {
+        if !matches!(self.config.arch, Arch::Llama | Arch::Mistral) {
+            return None;
+        }
+        if gname.contains(".attn_q.") {
+            Some(self.config.num_attention_heads)
+        } else if gname.contains(".attn_k.") {
+            Some(self.config.num_key_value_heads)
+        } else {
+            None
+        }
     }
 }
 

@@ -133,6 +133,22 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 ///
 /// `bytes` must hold exactly the `n / block_elems` blocks of the type.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    dequantize_into(ty, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// Whether [`dequantize`] reads this type.
+pub fn can_dequantize(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
+}
+
+/// Dequantises the `out.len()` elements of type `ty` stored in `bytes` into `out`.
+///
+/// `bytes` must hold exactly the `out.len() / block_elems` blocks of the type.
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let n = out.len();
     let (be, bb) = ty.block();
     let (be, bb) = (be as usize, bb as usize);
     if !n.is_multiple_of(be) || bytes.len() != n / be * bb {
@@ -141,7 +157,6 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
             bytes.len()
         )));
     }
-    let mut out = vec![0f32; n];
     match ty {
         GgmlType::F32 => {
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -203,7 +218,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
             )));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's `get_scale_min_k4`).

@@ -454,6 +454,11 @@ impl GgufFile {
         self.meta(key)?.as_array().map(<[_]>::len)
     }
 
+    /// Every tensor's info, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
     /// A tensor's info by GGUF name.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])

@@ -32,6 +32,22 @@ macro_rules! with_train_fields {
     /// Settings of `finetuning_type: lora`.
     #[serde(default)]
     pub lora: LoraParams,
+    /// Train LoRA on a quantised copy of the model's projections (QLoRA): `4` (NF4 or FP4 blocks
+    /// of 64 weights with absmax scales, see `quantization_type`) or `8` (row-wise absmax int8). The
+    /// frozen projections stay quantised in memory and are dequantised one layer at a time inside
+    /// the forward and backward passes; the adapter, embeddings, norms and LM head stay in the
+    /// compute dtype. `finetuning_type: lora` only. A GGUF model whose projections are quantised
+    /// (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) always trains on its own blocks, without this key. Default:
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_bit: Option<u8>,
+    /// The 4-bit data type of `quantization_bit: 4`: `nf4` (default; QLoRA's NormalFloat) or `fp4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_type: Option<QuantizationType>,
+    /// Quantise the 4-bit scales too (8 bits, blocks of 256), as QLoRA does: about 0.4 bits less
+    /// per weight. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub double_quantization: Option<bool>,
     /// Peak learning rate. Default 5e-5.
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
@@ -205,6 +221,17 @@ impl PrefLoss {
     pub fn needs_reference(self) -> bool {
         matches!(self, PrefLoss::Sigmoid | PrefLoss::Ipo | PrefLoss::Hinge)
     }
+}
+
+/// A 4-bit data type (`quantization_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizationType {
+    /// NormalFloat 4: quantiles of a normal distribution (QLoRA's default).
+    #[default]
+    Nf4,
+    /// 4-bit float (1 sign, 2 exponent, 1 mantissa bit).
+    Fp4,
 }
 
 /// Which weights training changes.

@@ -41,7 +41,7 @@ impl Step for Dpo {
     const NUMERIC: bool = true;
 
     fn check(&self, p: &DpoParams) -> Vec<Problem> {
-        let mut problems = check::check_params(&p.train());
+        let mut problems = check::check_params(&p.train(), FinetuningType::Lora);
         problems.extend(check::check_pref(p));
         problems
     }

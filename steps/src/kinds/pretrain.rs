@@ -24,7 +24,7 @@ impl Step for Pretrain {
     const NUMERIC: bool = true;
 
     fn check(&self, p: &PretrainParams) -> Vec<Problem> {
-        check::check_params(p)
+        check::check_params(p, FinetuningType::Full)
     }
 
     fn check_inputs(&self, p: &PretrainParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {

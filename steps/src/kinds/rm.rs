@@ -28,7 +28,7 @@ impl Step for Rm {
     const NUMERIC: bool = true;
 
     fn check(&self, p: &RmParams) -> Vec<Problem> {
-        check::check_params(p)
+        check::check_params(p, FinetuningType::Lora)
     }
 
     fn check_inputs(&self, p: &RmParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {

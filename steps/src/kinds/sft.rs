@@ -24,7 +24,7 @@ impl Step for Sft {
     const NUMERIC: bool = true;
 
     fn check(&self, p: &SftParams) -> Vec<Problem> {
-        check::check_params(p)
+        check::check_params(p, FinetuningType::Lora)
     }
 
     fn check_inputs(&self, p: &SftParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {

@@ -6,6 +6,7 @@
 //! adapter_config.json        peft's LoraConfig; base_model_name_or_path is "base"
 //! adapter_model.safetensors  lora_A / lora_B with peft's names (base_model.model.model.layers.…)
 //! base/                      the base model, hard-linked from its artifact (or written, when merged)
+//! quantization_config.json   how training quantised the (linked) base, for QLoRA
 //! tokenizer.json, …          the tokenizer files, so the artifact can be a `dataset` step's model
 //! trainer_state.json         what training did
 //! logs/                      metrics.jsonl, loss.png (not part of the content hash)
@@ -17,10 +18,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use burn::tensor::backend::Backend;
 use lf_model::adapter::{Adapter, BASE_DIR};
-use lf_model::artifact::TOKENIZER_FILES;
+use lf_model::artifact::{QUANTIZATION_CONFIG, TOKENIZER_FILES};
 use lf_model::config::special_ids_json;
 use lf_model::linear::LoraConfig;
 use lf_model::load::{ModelFormat, SaveDtype};
+use lf_model::quant::QuantSpec;
 use lf_model::{ArtifactKind, Llama, ModelArtifact, load_tokenizer, save_hf};
 use serde_json::{Value as Json, json};
 
@@ -127,15 +129,23 @@ pub enum BaseOut<'a, B: Backend> {
     Write(&'a Llama<B>, &'a ModelArtifact),
 }
 
-/// Writes a LoRA artifact: the adapters of `model` in peft's layout, the base model in `base/`, and
-/// the tokenizer files at the top.
+/// Writes a LoRA artifact: the adapters of `model` in peft's layout, the base model in `base/`, the
+/// tokenizer files at the top, and `quantization_config.json` when the adapter was trained on the
+/// base quantised as `quantization` says.
 pub fn write_lora<B: Backend>(
     model: &Llama<B>,
     cfg: &LoraConfig,
     base: BaseOut<'_, B>,
+    quantization: Option<QuantSpec>,
     out: &Path,
 ) -> anyhow::Result<()> {
     Adapter::from_model(model, cfg)?.write(out)?;
+    if let Some(spec) = quantization {
+        fs::write(
+            out.join(QUANTIZATION_CONFIG),
+            serde_json::to_string_pretty(&spec.to_json())? + "\n",
+        )?;
+    }
     let base_dir = out.join(BASE_DIR);
     fs::create_dir_all(&base_dir)?;
     let tokenizer_source = match base {

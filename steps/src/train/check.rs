@@ -3,18 +3,22 @@
 //! ([`check_inputs`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lf_engine::Problem;
 use lf_schemas::FieldPath;
 use lf_schemas::kinds::dataset::Stage;
-use lf_schemas::kinds::train::{FinetuningType, PrefLoss};
+use lf_schemas::kinds::train::{FinetuningType, PrefLoss, QuantizationType};
 use lf_schemas::kinds::{DpoParams, TrainParams};
 
 use super::params::{EXTRA_MODULES, LAYER_MODULES, LINEAR_MODULES};
 use crate::data::artifact::read_info;
 use crate::data::tokenizer_fingerprint;
 use lf_model::ModelArtifact;
+use lf_model::gguf::GgufFile;
+use lf_model::gguf::quant::can_dequantize;
+use lf_model::load::ModelFormat;
+use lf_model::quant::{FourBit, QuantSpec};
 
 fn key(k: &str) -> FieldPath {
     FieldPath::key(k)
@@ -28,9 +32,9 @@ fn list(names: &[&str]) -> String {
         .join(", ")
 }
 
-/// Checks values the types cannot express.
-pub fn check_params(p: &TrainParams) -> Vec<Problem> {
-    let mut out = Vec::new();
+/// Checks values the types cannot express (`default`: the kind's finetuning type).
+pub fn check_params(p: &TrainParams, default: FinetuningType) -> Vec<Problem> {
+    let mut out = check_quantization(p, p.finetuning_type.unwrap_or(default));
     let mut positive = |field: &str, v: f64| {
         if !(v.is_finite() && v > 0.0) {
             out.push(Problem::new(
@@ -154,6 +158,126 @@ pub fn check_params(p: &TrainParams) -> Vec<Problem> {
     out
 }
 
+/// The quantisation keys: a known bit width, LoRA only, 4-bit settings with 4 bits.
+fn check_quantization(p: &TrainParams, finetuning: FinetuningType) -> Vec<Problem> {
+    let mut out = Vec::new();
+    match p.quantization_bit {
+        None => {
+            for (field, set) in [
+                ("quantization_type", p.quantization_type.is_some()),
+                ("double_quantization", p.double_quantization.is_some()),
+            ] {
+                if set {
+                    out.push(
+                        Problem::new(key(field), "has no effect without `quantization_bit: 4`")
+                            .hint("add `quantization_bit: 4`, or remove it"),
+                    );
+                }
+            }
+        }
+        Some(bits) if bits != 4 && bits != 8 => out.push(
+            Problem::new(
+                key("quantization_bit"),
+                format!("{bits}-bit quantisation is not supported"),
+            )
+            .hint("use 4 (NF4 or FP4 blocks, QLoRA) or 8 (row-wise int8)"),
+        ),
+        Some(bits) => {
+            if finetuning != FinetuningType::Lora {
+                out.push(
+                    Problem::new(
+                        key("quantization_bit"),
+                        format!(
+                            "quantised training needs `finetuning_type: lora`, not `{}`",
+                            finetuning.name()
+                        ),
+                    )
+                    .hint("a quantised model is frozen: LoRA trains adapters beside it (QLoRA); set `finetuning_type: lora` or remove `quantization_bit`"),
+                );
+            }
+            if bits == 8 {
+                for (field, set) in [
+                    ("quantization_type", p.quantization_type.is_some()),
+                    ("double_quantization", p.double_quantization.is_some()),
+                ] {
+                    if set {
+                        out.push(
+                            Problem::new(key(field), "applies to `quantization_bit: 4` only")
+                                .hint("8-bit quantisation is row-wise int8; remove this key"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The quantisation `p` asks for, if any (after [`check_params`] accepted it).
+pub fn quantization(p: &TrainParams) -> Option<QuantSpec> {
+    let kind = match p.quantization_type.unwrap_or_default() {
+        QuantizationType::Nf4 => FourBit::Nf4,
+        QuantizationType::Fp4 => FourBit::Fp4,
+    };
+    let double = p.double_quantization.unwrap_or(true);
+    p.quantization_bit
+        .and_then(|bits| QuantSpec::from_bits(bits, kind, double).ok())
+}
+
+/// Problems of a GGUF model for training: types lf cannot read, and `quantization_bit` on projections
+/// the file stores quantised already.
+fn check_gguf(p: &TrainParams, file: &Path) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let gguf = match GgufFile::open(file) {
+        Ok(g) => g,
+        Err(e) => {
+            out.push(Problem::new(key("model"), format!("{e:#}")));
+            return out;
+        }
+    };
+    let mut unreadable: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut quantized_projection = None;
+    for t in gguf.tensors() {
+        if !can_dequantize(t.ggml_type) {
+            unreadable
+                .entry(t.ggml_type.to_string())
+                .or_default()
+                .push(t.name.clone());
+        } else if t.ggml_type.block().0 > 1 && t.name.starts_with("blk.") {
+            quantized_projection.get_or_insert((t.name.clone(), t.ggml_type));
+        }
+    }
+    for (ty, names) in unreadable {
+        out.push(
+            Problem::new(
+                key("model"),
+                format!(
+                    "`{}` stores {} tensor(s) as {ty} (e.g. `{}`), which lf cannot dequantise",
+                    file.display(),
+                    names.len(),
+                    names[0]
+                ),
+            )
+            .hint("lf reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K; convert the file (llama.cpp's `llama-quantize`) or use the Hugging Face model"),
+        );
+    }
+    if let (Some(bits), Some((name, ty))) = (p.quantization_bit, quantized_projection) {
+        out.push(
+            Problem::new(
+                key("quantization_bit"),
+                format!(
+                    "`{}` is quantised already (`{name}` is {ty}); LoRA trains on its own blocks",
+                    file.display()
+                ),
+            )
+            .hint(format!(
+                "remove `quantization_bit: {bits}`: the file's quantisation is used as it is"
+            )),
+        );
+    }
+    out
+}
+
 /// Checks the parameters against the model and the dataset (`kind` is the step kind, `stage` what it
 /// trains on; `finetuning` the resolved finetuning type).
 pub fn check_inputs(
@@ -177,6 +301,9 @@ pub fn check_inputs(
         }
     };
     let config = Some(source.config.clone());
+    if let ModelFormat::Gguf(file) = &source.base {
+        out.extend(check_gguf(p, file));
+    }
     match read_info(data_dir) {
         Err(e) => out.push(
             Problem::new(key("dataset"), format!("{e:#}"))

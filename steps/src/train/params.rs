@@ -78,6 +78,8 @@ fn visit_linear<B: Backend>(
 ) {
     match &mut lin.base {
         BaseWeight::Dense(w) => f(&format!("{prefix}.weight"), ParamMut::R2(w)),
+        // No parameter: always frozen.
+        BaseWeight::Quantized(_) => {}
     }
     if let Some(b) = lin.bias.as_mut() {
         f(&format!("{prefix}.bias"), ParamMut::R1(b));

@@ -20,6 +20,7 @@ use lf_schemas::kinds::train::FinetuningType;
 use serde_json::{Value as Json, json};
 
 use super::artifact::{BaseOut, write_full, write_lora};
+use super::check;
 use super::checkpoint::{self, CheckpointState, StepRecord};
 use super::objective::{Dpo, Lm, Objective, Rm};
 use super::order::DataOrder;
@@ -32,6 +33,7 @@ use super::trainer::{AdamW, Trainer};
 use crate::data::{Split, TokenizedDataset};
 use lf_model::backend::{TrainingTask, run_training};
 use lf_model::linear::LoraConfig;
+use lf_model::llama::BuildOptions;
 use lf_model::load::SaveDtype;
 use lf_model::value_head::{VALUE_HEAD, ValueHead};
 use lf_model::{ArtifactKind, Dtype, Llama, ModelArtifact, rng};
@@ -40,6 +42,8 @@ use lf_model::{ArtifactKind, Dtype, Llama, ModelArtifact, rng};
 /// and burn's random state (LoRA dropout) is global to the process, so two at once would make each
 /// other's dropout masks depend on timing.
 static TRAINING: Mutex<()> = Mutex::new(());
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// The finetuning type `p` asks for, with the kind's default.
 pub fn finetuning_type(p: &TrainParams, default: FinetuningType) -> FinetuningType {
@@ -257,9 +261,30 @@ impl TrainingTask for Job<'_, '_> {
                 Ok(loaded.merge_lora())
             })?);
         }
-        let loaded = self.source.load::<B>(&device, dtype)?;
+        // LoRA keeps a GGUF base's quantised projections in their blocks (the same values as
+        // dequantised at load, in a fraction of the memory) and quantises the others when asked
+        // (QLoRA).
+        let quantization = check::quantization(self.p);
+        let options = BuildOptions {
+            quantize: quantization,
+            keep_gguf_blocks: matches!(self.method, Method::Lora(_)),
+        };
+        let loaded = self.source.load_with::<B>(&device, dtype, options)?;
         // A LoRA input is merged into its base: training continues from the function it computes.
-        let model = loaded.merge_lora();
+        // The merged projections are dense again; they are quantised like the others.
+        let mut model = loaded.merge_lora();
+        if let Some(spec) = quantization {
+            model = model.quantize_linears(spec);
+        }
+        let (dense, quantized) = model.linear_bytes();
+        if quantized > 0 {
+            tracing::info!(
+                "frozen projections: {:.1} MiB quantised{}, {:.1} MiB dense",
+                quantized as f64 / MIB,
+                quantization.map(|q| format!(" ({q})")).unwrap_or_default(),
+                dense as f64 / MIB
+            );
+        }
         let trainer = Trainer::new(model, &self.method, adamw(self.p), self.p.seed)
             .context("cannot prepare the model for training")?;
         let packed = self.train.info().neat_packing;
@@ -497,11 +522,15 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
     }
     match &method {
         Method::Lora(cfg) => {
-            let base = match source.kind {
-                ArtifactKind::Lora => BaseOut::Write(&trainer.model, &source),
-                ArtifactKind::Hf | ArtifactKind::Gguf => BaseOut::Link(&source),
+            // A written base holds the values training used (dequantised); a linked base is the
+            // original, so the quantisation training applied to it is recorded beside the adapter.
+            let (base, quantization) = match source.kind {
+                ArtifactKind::Lora => (BaseOut::Write(&trainer.model, &source), None),
+                ArtifactKind::Hf | ArtifactKind::Gguf => {
+                    (BaseOut::Link(&source), check::quantization(p))
+                }
             };
-            write_lora(&trainer.model, cfg, base, &out)?;
+            write_lora(&trainer.model, cfg, base, quantization, &out)?;
         }
         _ => write_full(trainer.model, &source, &out, save)?,
     }

@@ -346,7 +346,14 @@ fn lora_artifacts_load_back_with_their_base() {
     train_steps(&mut t, &b, 2, 1e-2);
     let out = tempfile::tempdir().unwrap();
     let source = ModelArtifact::open(&fixtures().join("tiny/llama")).unwrap();
-    write_lora(&t.model, &cfg, BaseOut::<AD>::Link(&source), out.path()).unwrap();
+    write_lora(
+        &t.model,
+        &cfg,
+        BaseOut::<AD>::Link(&source),
+        None,
+        out.path(),
+    )
+    .unwrap();
     let adapter: Json = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
     )
@@ -376,4 +383,97 @@ fn lora_artifacts_load_back_with_their_base() {
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(diff < 1e-4, "{diff}");
+}
+
+/// QLoRA on the tiny model: NF4 projections (double-quantised scales) stay frozen and quantised,
+/// the adapters learn, and the artifact records the quantisation so that loading it computes what
+/// training did (the base quantised the same way), and exporting merges into those values.
+#[test]
+fn qlora_trains_adapters_on_a_quantised_base_and_its_artifact_computes_the_same() {
+    use lf_model::quant::{FourBit, QuantSpec};
+    let (_, b) = golden();
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: vec!["all-linear".into()],
+    };
+    let spec = QuantSpec::FourBit {
+        kind: FourBit::Nf4,
+        double: true,
+    };
+    let weights = tiny("llama").linear_bytes().0 / 4;
+    let model = tiny("llama").quantize_linears(spec);
+    let (dense, quantized) = model.linear_bytes();
+    assert_eq!(dense, 0);
+    // 4 bits per weight plus one 8-bit scale per 64 weights, an f32 per 256 scales and the offset.
+    let blocks = weights / 64;
+    let layers = 2 * 7;
+    assert!(
+        quantized <= weights / 2 + blocks + layers * 12,
+        "{quantized} bytes for {weights} weights"
+    );
+    let mut t = Trainer::new(model, &Method::Lora(cfg.clone()), AdamW::default(), 5).unwrap();
+    assert!(t.trained_names().iter().all(|n| n.contains(".lora_")));
+    let losses = train_steps(&mut t, &b, 3, 1e-2);
+    let after = mean_loss(&mut t, &b);
+    assert!(after < losses[0] - 0.01, "{losses:?} → {after}");
+    // The base did not move: still the same quantised matrices.
+    assert_eq!(t.model.linear_bytes(), (0, quantized));
+
+    let out = tempfile::tempdir().unwrap();
+    let source = ModelArtifact::open(&fixtures().join("tiny/llama")).unwrap();
+    write_lora(
+        &t.model,
+        &cfg,
+        BaseOut::<AD>::Link(&source),
+        Some(spec),
+        out.path(),
+    )
+    .unwrap();
+    let artifact = ModelArtifact::open(out.path()).unwrap();
+    assert_eq!(artifact.quantization, Some(spec));
+    let loaded = artifact.load::<Cpu>(&CpuDevice, Dtype::F32).unwrap();
+    // Loaded for inference, the base is dense (dequantised once).
+    assert_eq!(loaded.linear_bytes().1, 0);
+    let ids = vec![vec![1u32, 23, 54, 87, 120]];
+    let logits = |m: &Llama<Cpu>| {
+        m.forward(ForwardInput::from_rows(&ids, &CpuDevice), None)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    use burn::module::AutodiffModule;
+    let trained = logits(&t.model.valid());
+    assert_eq!(logits(&loaded), trained);
+    // The unquantised base with the same adapter is another function.
+    let plain = ModelArtifact {
+        quantization: None,
+        ..artifact.clone()
+    };
+    assert_ne!(
+        logits(&plain.load::<Cpu>(&CpuDevice, Dtype::F32).unwrap()),
+        trained
+    );
+    // Export's streamed merge uses the dequantised base.
+    let merged = loaded.merge_lora();
+    let mut checked = 0;
+    artifact
+        .tensors(|name, _, values| {
+            if name == "model.layers.1.mlp.up_proj.weight" {
+                let want = merged.layers[1].mlp.up_proj.base.dense().unwrap();
+                let want = want.into_data().to_vec::<f32>().unwrap();
+                let diff = values
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-6, "{diff}");
+                checked += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(checked, 1);
 }
