@@ -3,8 +3,10 @@
 
 Default mode writes tests/fixtures/export/quant_golden.json: seeded float32
 inputs (as their bit patterns, so they round-trip exactly) and the bytes
-gguf-py produces for them as Q8_0, F16 and BF16 (gguf.quants.quantize, which
-is bit-exact with ggml's reference quantizers).  lf's test
+gguf-py produces for them as Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16 and BF16
+(gguf.quants.quantize, which is bit-exact with ggml's reference quantizers),
+plus gguf-py's dequantisation of the Q5 blocks (lf's reader is checked
+against it).  lf's test
 `export::tests::quantisation_matches_gguf_py` compares its own encoders with
 these bytes.
 
@@ -62,6 +64,12 @@ def write_golden() -> None:
             "name": name,
             "input_bits": [int(b) for b in x.view(np.uint32)],
             "q8_0": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q8_0)),
+            "q4_0": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q4_0)),
+            "q4_1": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q4_1)),
+            "q5_0": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q5_0)),
+            "q5_1": hexbytes(quantize(x.reshape(-1, x.shape[-1]), Q.Q5_1)),
+            "q5_0_dequantized_bits": [int(b) for b in dequantize(quantize(x.reshape(-1, x.shape[-1]), Q.Q5_0), Q.Q5_0).reshape(-1).astype(np.float32).view(np.uint32)],
+            "q5_1_dequantized_bits": [int(b) for b in dequantize(quantize(x.reshape(-1, x.shape[-1]), Q.Q5_1), Q.Q5_1).reshape(-1).astype(np.float32).view(np.uint32)],
             "f16": hexbytes(quantize(x, Q.F16)),
             "bf16": hexbytes(quantize(x, Q.BF16)),
         })

@@ -24,6 +24,11 @@ pub struct BenchArgs {
     /// Device for model benchmarks.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// How `train --model` stores the frozen projections: `nf4`, `fp4` or `int8` (quantised, as
+    /// `quantization_bit` does), `none` (dequantised to the compute dtype). Default: as training
+    /// does without `quantization_bit` (a GGUF file's quantised blocks kept, other models dense).
+    #[arg(long)]
+    pub quantization: Option<String>,
 }
 
 /// `lf bench`.

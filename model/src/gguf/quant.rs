@@ -1,5 +1,6 @@
-//! The GGML block formats: dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K and Q6_K (the
-//! layouts of ggml's `ggml-common.h` / `ggml-quants.c`), and encoding to the types lf writes.
+//! The GGML block formats: dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and
+//! Q6_K (the layouts of ggml's `ggml-common.h`), and encoding to the types lf writes (F32, F16, BF16,
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), byte for byte as gguf-py's reference quantisers do.
 
 use std::fmt;
 
@@ -23,9 +24,9 @@ pub enum GgmlType {
     Q4_0,
     /// 32 weights: f16 scale and min, 32 × 4-bit.
     Q4_1,
-    /// 32 weights, 5-bit (size known, not dequantised).
+    /// 32 weights: f16 scale, 32 × 5-bit (high bits packed apart), offset 16.
     Q5_0,
-    /// 32 weights, 5-bit with min (size known, not dequantised).
+    /// 32 weights: f16 scale and min, 32 × 5-bit.
     Q5_1,
     /// 32 weights: f16 scale, 32 × i8.
     Q8_0,
@@ -141,7 +142,10 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 /// Whether [`dequantize`] reads this type.
 pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K)
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q6_K
+    )
 }
 
 /// Dequantises the `out.len()` elements of type `ty` stored in `bytes` into `out`.
@@ -202,6 +206,25 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
                 }
             }
         }
+        GgmlType::Q5_0 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(22)) {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for (j, v) in y.iter_mut().enumerate() {
+                    *v = (five_bits(&b[6..22], qh, j) as i32 - 16) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q5_1 => {
+            for (y, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(24)) {
+                let d = f16_at(b, 0);
+                let m = f16_at(b, 2);
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                for (j, v) in y.iter_mut().enumerate() {
+                    *v = five_bits(&b[8..24], qh, j) as f32 * d + m;
+                }
+            }
+        }
         GgmlType::Q4_K => {
             for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(144)) {
                 dequant_q4_k_block(b, y);
@@ -214,11 +237,22 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
         }
         other => {
             return Err(Error::Unsupported(format!(
-                "dequantising GGML type {other}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K"
+                "dequantising GGML type {other}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K"
             )));
         }
     }
     Ok(())
+}
+
+/// Weight `j` (0..32) of a 5-bit block: its low 4 bits in nibble `j mod 16` of `qs` (low nibbles for
+/// the first 16 weights, high for the last), its fifth bit at bit `j` of `qh`.
+fn five_bits(qs: &[u8], qh: u32, j: usize) -> u8 {
+    let low = if j < 16 {
+        qs[j] & 0x0F
+    } else {
+        qs[j - 16] >> 4
+    };
+    low | ((((qh >> j) & 1) as u8) << 4)
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's `get_scale_min_k4`).
@@ -293,6 +327,78 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
+/// The element of largest magnitude (the first, on ties), keeping its sign.
+fn signed_absmax(block: &[f32]) -> f32 {
+    block
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
+}
+
+/// `1 / d`, or 0 for `d = 0`.
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 { 1.0 / d } else { 0.0 }
+}
+
+/// Packs 32 codes two per byte: byte `j` holds code `j` (low nibble) and code `j + 16` (high).
+fn pack_nibbles(q: &[u8; 32], out: &mut Vec<u8>) {
+    out.extend((0..16).map(|j| (q[j] & 0x0F) | (q[j + 16] << 4)));
+}
+
+/// The fifth bits of 32 codes as a little-endian `u32` (bit `j` from code `j`).
+fn high_bits(q: &[u8; 32]) -> [u8; 4] {
+    let qh = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (u32::from(v >> 4) << j));
+    qh.to_le_bytes()
+}
+
+/// Symmetric 4- or 5-bit blocks of 32 (Q4_0: `levels` 16, Q5_0: 32): `d = m / −(levels/2)` with `m`
+/// the element of largest magnitude, codes `trunc(x/d + levels/2 + 0.5)` clamped to the range.
+fn quantize_symmetric(x: &[f32], levels: u8) -> Vec<u8> {
+    let five = levels == 32;
+    let mut out = Vec::with_capacity(x.len() / 32 * if five { 22 } else { 18 });
+    let half = f32::from(levels / 2);
+    for block in x.chunks_exact(32) {
+        let d = signed_absmax(block) / -half;
+        let id = inverse(d);
+        let mut q = [0u8; 32];
+        for (c, &v) in q.iter_mut().zip(block) {
+            *c = ((v * id + (half + 0.5)).trunc() as i32).clamp(0, i32::from(levels) - 1) as u8;
+        }
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        if five {
+            out.extend_from_slice(&high_bits(&q));
+        }
+        pack_nibbles(&q, &mut out);
+    }
+    out
+}
+
+/// Asymmetric 4- or 5-bit blocks of 32 (Q4_1: `levels` 16, Q5_1: 32): `d = (max − min)/(levels − 1)`,
+/// codes `trunc((x − min)/d + 0.5)`, stored with `min`.
+fn quantize_affine(x: &[f32], levels: u8) -> Vec<u8> {
+    let five = levels == 32;
+    let mut out = Vec::with_capacity(x.len() / 32 * if five { 24 } else { 20 });
+    for block in x.chunks_exact(32) {
+        let max = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = block.iter().copied().fold(f32::INFINITY, f32::min);
+        let d = (max - min) / f32::from(levels - 1);
+        let id = inverse(d);
+        let mut q = [0u8; 32];
+        for (c, &v) in q.iter_mut().zip(block) {
+            *c = (((v - min) * id + 0.5).trunc() as i32).clamp(0, i32::from(levels) - 1) as u8;
+        }
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend_from_slice(&f16::from_f32(min).to_le_bytes());
+        if five {
+            out.extend_from_slice(&high_bits(&q));
+        }
+        pack_nibbles(&q, &mut out);
+    }
+    out
+}
+
 /// Encodes f32 values as `ty`.
 pub fn encode(values: &[f32], ty: GgmlType) -> Result<Vec<u8>> {
     Ok(match ty {
@@ -306,6 +412,17 @@ pub fn encode(values: &[f32], ty: GgmlType) -> Result<Vec<u8>> {
             .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
             .collect(),
         GgmlType::Q8_0 => quantize_q8_0(values),
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q4_1 | GgmlType::Q5_1 => {
+            if !values.len().is_multiple_of(32) {
+                return Err(Error::gguf(format!("{ty} needs blocks of 32 values")));
+            }
+            match ty {
+                GgmlType::Q4_0 => quantize_symmetric(values, 16),
+                GgmlType::Q5_0 => quantize_symmetric(values, 32),
+                GgmlType::Q4_1 => quantize_affine(values, 16),
+                _ => quantize_affine(values, 32),
+            }
+        }
         other => {
             return Err(Error::Unsupported(format!(
                 "writing GGUF tensors of type {other}"

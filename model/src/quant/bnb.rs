@@ -349,7 +349,11 @@ impl FourBitMatrix {
         for (i, o) in out.iter_mut().enumerate() {
             let e = start + i;
             let byte = self.packed[e / 2];
-            let q = if e.is_multiple_of(2) { byte >> 4 } else { byte & 0x0F };
+            let q = if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 0x0F
+            };
             *o = code[q as usize] * scales[e / BLOCK];
         }
     }

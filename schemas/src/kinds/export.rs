@@ -87,6 +87,19 @@ pub enum GgufType {
     /// multiple of 32 fall back to F16.
     #[serde(rename = "q8_0")]
     Q8_0,
+    /// 4-bit blocks of 32 weights with one f16 scale (`ggml`'s Q4_0, symmetric); matrices whose
+    /// rows are not a multiple of 32 fall back to F16.
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    /// 4-bit blocks of 32 weights with an f16 scale and minimum (`ggml`'s Q4_1).
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    /// 5-bit blocks of 32 weights with one f16 scale (`ggml`'s Q5_0).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    /// 5-bit blocks of 32 weights with an f16 scale and minimum (`ggml`'s Q5_1).
+    #[serde(rename = "q5_1")]
+    Q5_1,
 }
 
 impl GgufType {
@@ -97,6 +110,10 @@ impl GgufType {
             GgufType::Bf16 => "bf16",
             GgufType::F32 => "f32",
             GgufType::Q8_0 => "q8_0",
+            GgufType::Q4_0 => "q4_0",
+            GgufType::Q4_1 => "q4_1",
+            GgufType::Q5_0 => "q5_0",
+            GgufType::Q5_1 => "q5_1",
         }
     }
 }

@@ -14,8 +14,8 @@ macro_rules! with_train_fields {
         $callback! { $($args)* ; fields {
     /// The model to train: a step whose artifact is a model (a `download`, `model`, `pretrain`,
     /// `sft`, `rm` or `dpo` step), or a local folder or `.gguf` file. A Hugging Face folder, a
-    /// folder with one `.gguf` file (dequantised to f32), or a LoRA artifact (its adapter is merged
-    /// into its base first).
+    /// folder with one `.gguf` file (dequantised to f32; under LoRA its quantised projections stay
+    /// in their blocks), or a LoRA artifact (its adapter is merged into its base first).
     pub model: String,
     /// The tokenized data: a `dataset` step, prepared with this model's tokenizer (`stage: pt` for
     /// `pretrain`, `stage: sft` for `sft`, `stage: rm` for `rm` and `dpo`). Its validation split,
@@ -37,7 +37,7 @@ macro_rules! with_train_fields {
     /// frozen projections stay quantised in memory and are dequantised one layer at a time inside
     /// the forward and backward passes; the adapter, embeddings, norms and LM head stay in the
     /// compute dtype. `finetuning_type: lora` only. A GGUF model whose projections are quantised
-    /// (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) always trains on its own blocks, without this key. Default:
+    /// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) always trains on its own blocks, without this key. Default:
     /// off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_bit: Option<u8>,

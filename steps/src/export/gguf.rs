@@ -44,24 +44,33 @@ fn file_type(ty: GgufType) -> u32 {
     match ty {
         GgufType::F32 => 0,
         GgufType::F16 => 1,
+        GgufType::Q4_0 => 2,
+        GgufType::Q4_1 => 3,
         GgufType::Q8_0 => 7,
+        GgufType::Q5_0 => 8,
+        GgufType::Q5_1 => 9,
         GgufType::Bf16 => 32,
     }
 }
 
 /// The tensor type a tensor gets in a file of type `ty`: vectors stay F32 (as llama.cpp's converter
-/// keeps norms and biases), matrices get `ty`, except Q8_0 matrices whose rows are not a multiple of
-/// 32, which fall back to F16.
+/// keeps norms and biases), matrices get `ty`, except block-quantised matrices whose rows are not a
+/// multiple of 32, which fall back to F16.
 pub fn tensor_type(ty: GgufType, shape: &[usize]) -> GgmlType {
     if shape.len() < 2 {
         return GgmlType::F32;
     }
+    let blocks = shape[shape.len() - 1].is_multiple_of(32);
     match ty {
         GgufType::F32 => GgmlType::F32,
         GgufType::F16 => GgmlType::F16,
         GgufType::Bf16 => GgmlType::BF16,
-        GgufType::Q8_0 if shape[shape.len() - 1].is_multiple_of(32) => GgmlType::Q8_0,
-        GgufType::Q8_0 => GgmlType::F16,
+        _ if !blocks => GgmlType::F16,
+        GgufType::Q8_0 => GgmlType::Q8_0,
+        GgufType::Q4_0 => GgmlType::Q4_0,
+        GgufType::Q4_1 => GgmlType::Q4_1,
+        GgufType::Q5_0 => GgmlType::Q5_0,
+        GgufType::Q5_1 => GgmlType::Q5_1,
     }
 }
 

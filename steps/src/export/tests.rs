@@ -336,12 +336,32 @@ fn half_precision_exports_round_each_weight() {
     }
 }
 
-/// Checks a GGUF export of `model` against its merged tensors: F32 exactly, F16 to f16 rounding,
-/// Q8_0 within half a quantisation step per block.
+/// The largest error a block of 32 weights `w` may get in GGUF type `ty`: half a step for Q8_0 and
+/// the affine types (Q4_1, Q5_1; plus the f16 rounding of the stored minimum), a whole step for the
+/// symmetric 4/5-bit types (their largest code on the other side of zero is one step short).
+fn block_tolerance(ty: &str, w: &[f32]) -> f32 {
+    let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let (max, min) = w
+        .iter()
+        .fold((f32::MIN, f32::MAX), |(a, b), &x| (a.max(x), b.min(x)));
+    let step = |range: f32| f16::from_f32(range).to_f32();
+    let slack = amax * 2e-3 + 1e-7;
+    match ty {
+        "q8_0" => step(amax / 127.0) * 0.5 + slack,
+        "q4_0" => step(amax / 8.0) + slack,
+        "q5_0" => step(amax / 16.0) + slack,
+        "q4_1" => step((max - min) / 15.0) * 0.5 + slack,
+        "q5_1" => step((max - min) / 31.0) * 0.5 + slack,
+        other => panic!("no tolerance for {other}"),
+    }
+}
+
+/// Checks a GGUF export of `model` against its merged tensors: F32 exactly, F16 to f16 rounding, the
+/// block types within [`block_tolerance`] per block.
 fn check_gguf(model: &Path, out: &Path, arch: &str) {
     let want = merged(model);
     let config = ModelArtifact::open(model).unwrap().config;
-    for ty in ["f32", "f16", "q8_0"] {
+    for ty in ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] {
         let path = out.join(format!("model-{ty}.gguf"));
         let file = GgufFile::open(&path).unwrap();
         assert_eq!(file.version, 3);
@@ -377,16 +397,15 @@ fn check_gguf(model: &Path, out: &Path, arch: &str) {
                     let r: Vec<f32> = values.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
                     assert_eq!(got, r, "{ty} {name}");
                 }
-                "q8_0" if is_matrix => {
+                "q8_0" | "q4_0" | "q4_1" | "q5_0" | "q5_1" if is_matrix => {
                     let cols = shape[1];
                     for (row_got, row_want) in got.chunks(cols).zip(values.chunks(cols)) {
                         for (bg, bw) in row_got.chunks(32).zip(row_want.chunks(32)) {
-                            let amax = bw.iter().fold(0f32, |m, x| m.max(x.abs()));
-                            let step = f16::from_f32(amax / 127.0).to_f32();
+                            let tol = block_tolerance(ty, bw);
                             for (g, w) in bg.iter().zip(bw) {
                                 assert!(
-                                    (g - w).abs() <= step * 0.5 + amax * 1e-3 + 1e-7,
-                                    "{name}: {g} vs {w} (step {step})"
+                                    (g - w).abs() <= tol,
+                                    "{ty} {name}: {g} vs {w} (tolerance {tol})"
                                 );
                             }
                         }
@@ -412,11 +431,14 @@ fn gguf_files_read_back_with_the_same_tensors() {
         let lora = tiny_lora(tmp.path(), &format!("{name}-lora"), &base);
         let out = tmp.path().join(format!("{name}-out"));
         let info = run_export(
-            &params(json!({"model": "x", "dtype": "f32", "gguf": ["f32", "f16", "q8_0"]})),
+            &params(json!({
+                "model": "x", "dtype": "f32",
+                "gguf": ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+            })),
             &lora,
             &out,
         );
-        assert_eq!(info.gguf.len(), 3);
+        assert_eq!(info.gguf.len(), 7);
         check_gguf(&lora, &out, gguf_arch);
         // The F32 file runs like the merged model (our reader undoes the Q/K permutation).
         let d = max_diff(
@@ -579,16 +601,29 @@ fn quantisation_matches_gguf_py() {
             .collect();
         for (ty, ggml) in [
             ("q8_0", lf_model::gguf::GgmlType::Q8_0),
+            ("q4_0", lf_model::gguf::GgmlType::Q4_0),
+            ("q4_1", lf_model::gguf::GgmlType::Q4_1),
+            ("q5_0", lf_model::gguf::GgmlType::Q5_0),
+            ("q5_1", lf_model::gguf::GgmlType::Q5_1),
             ("f16", lf_model::gguf::GgmlType::F16),
             ("bf16", lf_model::gguf::GgmlType::BF16),
         ] {
             let want = case[ty].as_str().unwrap();
-            let got: String = lf_model::gguf::encode(&values, ggml)
-                .unwrap()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let bytes = lf_model::gguf::encode(&values, ggml).unwrap();
+            let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(got, want, "{} {ty}", case["name"]);
+            // The 5-bit blocks read back as gguf-py dequantises them.
+            if let Some(bits) = case.get(format!("{ty}_dequantized_bits")) {
+                let want: Vec<u32> = bits
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u32)
+                    .collect();
+                let got = lf_model::gguf::dequantize(ggml, &bytes, values.len()).unwrap();
+                let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{} {ty} dequantised", case["name"]);
+            }
         }
     }
 }

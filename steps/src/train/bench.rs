@@ -3,7 +3,9 @@
 //!
 //! Without `--model` it trains the quickstart's tiny model (full weights); with `--model PATH` (a Hugging
 //! Face folder or GGUF file) it trains LoRA adapters (rank 8, every linear layer) beside the frozen
-//! model. `--size` is the sequence length (default 256); batches hold 4 sequences.
+//! model, its projections stored as `--quantization` says (`nf4`, `fp4`, `int8`, `none`; by default
+//! as training stores them: a GGUF file's quantised blocks kept, other models dense). `--size` is the
+//! sequence length (default 256); batches hold 4 sequences.
 
 use anyhow::Context as _;
 use std::time::Instant;
@@ -20,6 +22,8 @@ use crate::data::Batch;
 use lf_model::ModelArtifact;
 use lf_model::backend::{TrainingTask, compute_dtype, resolve_device, run_training};
 use lf_model::linear::LoraConfig;
+use lf_model::llama::BuildOptions;
+use lf_model::quant::{FourBit, QuantSpec};
 use lf_model::rng::Rng;
 use lf_model::{Dtype, Llama, ModelConfig};
 use lf_schemas::kinds::ModelParams;
@@ -65,6 +69,7 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
             None => None,
         },
         seq,
+        options: build_options(args.quantization.as_deref())?,
     };
     let mut out = run_training(device, dtype, task)??;
     out["device"] = json!(resolved.to_string());
@@ -72,9 +77,37 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
     Ok(out)
 }
 
+/// The storage `--quantization` names.
+fn build_options(name: Option<&str>) -> anyhow::Result<BuildOptions> {
+    let quantize = |spec| BuildOptions {
+        quantize: Some(spec),
+        keep_gguf_blocks: false,
+    };
+    Ok(match name {
+        None => BuildOptions {
+            quantize: None,
+            keep_gguf_blocks: true,
+        },
+        Some("none") => BuildOptions::default(),
+        Some("nf4") => quantize(QuantSpec::FourBit {
+            kind: FourBit::Nf4,
+            double: true,
+        }),
+        Some("fp4") => quantize(QuantSpec::FourBit {
+            kind: FourBit::Fp4,
+            double: true,
+        }),
+        Some("int8") => quantize(QuantSpec::Int8),
+        Some(other) => anyhow::bail!(
+            "unknown quantization `{other}`\nhint: use `nf4`, `fp4`, `int8` or `none`"
+        ),
+    })
+}
+
 struct Bench {
     source: Option<ModelArtifact>,
     seq: usize,
+    options: BuildOptions,
 }
 
 impl TrainingTask for Bench {
@@ -88,7 +121,8 @@ impl TrainingTask for Bench {
                 "quickstart tiny llama (full)".to_string(),
             ),
             Some(src) => (
-                src.load::<B>(&device, dtype)?.merge_lora(),
+                src.load_with::<B>(&device, dtype, self.options)?
+                    .merge_lora(),
                 Method::Lora(LoraConfig {
                     rank: 8,
                     alpha: 16.0,
@@ -101,6 +135,13 @@ impl TrainingTask for Bench {
         };
         let vocab = model.config.vocab_size;
         let params = model.config.num_params();
+        let (dense_bytes, quantized_bytes) = model.linear_bytes();
+        let storage = match (self.source.is_some(), self.options.quantize) {
+            (false, _) => "dense".to_string(),
+            (true, Some(spec)) => spec.to_string(),
+            (true, None) if quantized_bytes > 0 => "GGUF blocks".to_string(),
+            (true, None) => "dense".to_string(),
+        };
         let mut trainer = Trainer::new(model, &method, AdamW::default(), 42)?;
         let mut rng = Rng::new(7);
         let n = BATCH * self.seq;
@@ -136,6 +177,8 @@ impl TrainingTask for Bench {
             "benchmark": "train",
             "model": name,
             "params": params,
+            "projections": storage,
+            "projection_mib": (dense_bytes + quantized_bytes) as f64 / (1024.0 * 1024.0),
             "trainable_params": trainer.trained_params(),
             "batch": BATCH,
             "seq_len": self.seq,
