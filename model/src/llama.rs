@@ -375,8 +375,8 @@ pub trait TensorSource {
     /// has another shape.
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
 
-    /// The tensor `name` in the quantised blocks it is stored in, if it is (a GGUF file's Q4_1
-    /// projection); `None` for tensors stored as floats.
+    /// The tensor `name` in the quantised form it is stored in, if it is (a GGUF file's Q4_1
+    /// projection, a bitsandbytes checkpoint's NF4 weight); `None` for tensors stored as floats.
     fn quantized(&mut self, _name: &str, _shape: &[usize]) -> Result<Option<QuantizedMatrix>> {
         Ok(None)
     }
@@ -387,8 +387,9 @@ pub trait TensorSource {
 pub struct BuildOptions {
     /// Quantise them (QLoRA's frozen base).
     pub quantize: Option<QuantSpec>,
-    /// Keep those a GGUF file stores in quantised blocks in those blocks (before `quantize`).
-    pub keep_gguf_blocks: bool,
+    /// Keep those the source stores quantised (a GGUF file's blocks, a bitsandbytes checkpoint) as
+    /// they are stored (before `quantize`).
+    pub keep_quantized: bool,
 }
 
 /// Turns HF-named host tensors into device tensors of one dtype.
@@ -423,7 +424,7 @@ impl<B: Backend> Builder<'_, B> {
             None
         };
         let weight = format!("{name}.weight");
-        let kept = if self.options.keep_gguf_blocks {
+        let kept = if self.options.keep_quantized {
             self.src.quantized(&weight, &[out, inp])?
         } else {
             None

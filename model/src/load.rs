@@ -16,6 +16,8 @@ use crate::error::{Error, Result};
 use crate::gguf::tokenizer::TokenizerBundle;
 use crate::gguf::{GgufFile, GgufSource};
 use crate::llama::{BuildOptions, Llama, TensorSource};
+use crate::quant::bnb::{self, Absmax, FourBit};
+use crate::quant::{FourBitMatrix, QuantizedMatrix};
 use crate::rng::Rng;
 
 /// File contents, memory-mapped or owned.
@@ -152,6 +154,15 @@ impl StFile {
 
     fn names(&self) -> Vec<String> {
         self.meta.tensors().into_keys().collect()
+    }
+
+    /// A tensor's dtype, shape and bytes as stored.
+    fn raw(&self, name: &str) -> Option<(StDtype, &[usize], &[u8])> {
+        let info = self.meta.info(name)?;
+        // read_metadata validated that the offsets lie inside the buffer.
+        let start = 8 + self.header_len + info.data_offsets.0;
+        let end = 8 + self.header_len + info.data_offsets.1;
+        Some((info.dtype, &info.shape, &self.bytes[start..end]))
     }
 
     fn read(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
@@ -314,8 +325,145 @@ impl SafetensorsSource {
     }
 }
 
+impl SafetensorsSource {
+    fn raw(&self, name: &str) -> Option<(StDtype, &[usize], &[u8])> {
+        self.index.get(name).and_then(|&i| self.files[i].raw(name))
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        self.files.first().map(|f| f.path.clone())
+    }
+
+    fn bad(&self, name: &str, msg: impl std::fmt::Display) -> Error {
+        Error::Config {
+            path: self.path(),
+            msg: format!("bitsandbytes tensor `{name}`: {msg}"),
+        }
+    }
+
+    /// A float vector stored in F32, F16 or BF16.
+    fn floats(&self, name: &str) -> Result<Vec<f32>> {
+        let (dtype, _, bytes) = self.raw(name).ok_or_else(|| self.bad(name, "is missing"))?;
+        Ok(match dtype {
+            StDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            StDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            StDtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            other => return Err(self.bad(name, format!("has dtype {other:?}, not a float"))),
+        })
+    }
+
+    fn bytes_of(&self, name: &str, dtype: StDtype) -> Result<&[u8]> {
+        match self.raw(name) {
+            Some((d, _, bytes)) if d == dtype => Ok(bytes),
+            Some((d, _, _)) => Err(self.bad(name, format!("has dtype {d:?}, expected {dtype:?}"))),
+            None => Err(self.bad(name, "is missing")),
+        }
+    }
+
+    /// The weight `name` (`….q_proj.weight`) as bitsandbytes saved it quantised, if it did: 4-bit
+    /// (`weight` packed, `weight.absmax`, `weight.quant_map`, with double quantisation
+    /// `weight.nested_absmax` and `weight.nested_quant_map`, and the JSON
+    /// `weight.quant_state.bitsandbytes__nf4|fp4`), or 8-bit (`weight` int8 and the row scales
+    /// `SCB`).
+    fn bnb(&self, name: &str, shape: &[usize]) -> Result<Option<QuantizedMatrix>> {
+        let [rows, cols] = match shape {
+            &[r, c] => [r, c],
+            _ => return Ok(None),
+        };
+        let four = [FourBit::Nf4, FourBit::Fp4].into_iter().find_map(|kind| {
+            self.raw(&format!("{name}.quant_state.bitsandbytes__{}", kind.name()))
+                .map(|(_, _, json)| (kind, json))
+        });
+        if let Some((kind, json)) = four {
+            let state: serde_json::Value = serde_json::from_slice(json)
+                .map_err(|e| self.bad(name, format!("unreadable quant_state: {e}")))?;
+            let saved: Option<Vec<usize>> = state["shape"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            });
+            if saved.as_deref() != Some(shape) {
+                return Err(Error::Shape {
+                    name: name.to_owned(),
+                    expected: shape.to_vec(),
+                    got: saved.unwrap_or_default(),
+                });
+            }
+            let map = self.floats(&format!("{name}.quant_map"))?;
+            if map != kind.code() {
+                return Err(self.bad(
+                    name,
+                    format!("its quant_map is not bitsandbytes' {}", kind.name()),
+                ));
+            }
+            let absmax_name = format!("{name}.absmax");
+            let absmax = if state.get("nested_blocksize").is_some() {
+                if state["nested_blocksize"].as_u64() != Some(bnb::DOUBLE_BLOCK as u64) {
+                    return Err(self.bad(name, "nested blocks of other than 256 scales"));
+                }
+                if self.floats(&format!("{name}.nested_quant_map"))? != bnb::dynamic_map() {
+                    return Err(self.bad(
+                        name,
+                        "its nested_quant_map is not bitsandbytes' dynamic map",
+                    ));
+                }
+                Absmax::Double {
+                    codes: self.bytes_of(&absmax_name, StDtype::U8)?.to_vec(),
+                    absmax2: self.floats(&format!("{name}.nested_absmax"))?,
+                    offset: state["nested_offset"]
+                        .as_f64()
+                        .ok_or_else(|| self.bad(name, "no nested_offset"))?
+                        as f32,
+                }
+            } else {
+                Absmax::Plain(self.floats(&absmax_name)?)
+            };
+            let block = state["blocksize"]
+                .as_u64()
+                .ok_or_else(|| self.bad(name, "no blocksize"))? as usize;
+            let m = FourBitMatrix {
+                kind,
+                packed: self.bytes_of(name, StDtype::U8)?.to_vec(),
+                absmax,
+                block,
+            };
+            return QuantizedMatrix::four_bit(m, rows, cols)
+                .map(Some)
+                .map_err(|e| self.bad(name, e));
+        }
+        let scb = format!("{}.SCB", name.strip_suffix(".weight").unwrap_or(name));
+        if self.raw(&scb).is_some() {
+            let q = self
+                .bytes_of(name, StDtype::I8)?
+                .iter()
+                .map(|&b| b as i8)
+                .collect();
+            return QuantizedMatrix::int8(q, self.floats(&scb)?, rows, cols)
+                .map(Some)
+                .map_err(|e| self.bad(name, e));
+        }
+        Ok(None)
+    }
+}
+
 impl TensorSource for SafetensorsSource {
+    fn quantized(&mut self, name: &str, shape: &[usize]) -> Result<Option<QuantizedMatrix>> {
+        self.bnb(name, shape)
+    }
+
     fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(q) = self.bnb(name, shape)? {
+            return Ok(q.dequantize());
+        }
         match self.index.get(name) {
             Some(&i) => self.files[i].read(name, shape),
             None => Err(Error::MissingTensor {

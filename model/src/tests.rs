@@ -1225,7 +1225,7 @@ fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
     let path = smollm2_gguf();
     let kept_options = BuildOptions {
         quantize: None,
-        keep_gguf_blocks: true,
+        keep_quantized: true,
     };
     let lora = LoraConfig {
         rank: 2,
@@ -1306,4 +1306,46 @@ fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
         w(&merged).into_data().to_vec::<f32>().unwrap(),
         w(&dense_merged).into_data().to_vec::<f32>().unwrap()
     );
+}
+
+/// Checkpoints bitsandbytes saved quantised (`scripts/goldens/bnb_checkpoint.py`: NF4 with double
+/// quantisation, FP4 with plain scales) load as the 4-bit model transformers runs, dequantised at
+/// load or kept in their blocks (the same logits, bit for bit).
+#[test]
+fn bitsandbytes_4bit_checkpoints_match_transformers() {
+    use super::llama::BuildOptions;
+    use super::load::load_model_with;
+    for name in ["llama-bnb-nf4", "llama-bnb-fp4"] {
+        let dir = fixtures().join("tiny").join(name);
+        let golden = read_json(&dir.join("golden.json"));
+        let dense = load_tiny(name, Dtype::F32).model;
+        let kept = load_model_with::<B>(
+            &dir,
+            &CpuDevice,
+            Dtype::F32,
+            BuildOptions {
+                quantize: None,
+                keep_quantized: true,
+            },
+        )
+        .unwrap()
+        .model;
+        assert_eq!(dense.linear_bytes().1, 0, "{name}");
+        assert_eq!(kept.linear_bytes().0, 0, "{name}");
+        for seq in golden["sequences"].as_array().unwrap() {
+            let ids = ids_of(&seq["input_ids"]);
+            let got = logits_of(&dense, &ids);
+            assert_eq!(got, logits_of(&kept, &ids), "{name}: kept vs dequantised");
+            for (pos, want) in seq["logits"].as_array().unwrap().iter().enumerate() {
+                let want: Vec<f32> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
+                let d = max_abs_diff(&got[pos], &want);
+                assert!(d < 1e-4, "{name}: ids {ids:?} position {pos}: {d}");
+            }
+        }
+    }
 }

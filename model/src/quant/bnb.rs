@@ -318,8 +318,10 @@ pub struct FourBitMatrix {
     pub kind: FourBit,
     /// Two codes per byte, the first in the high nibble; `ceil(n / 2)` bytes.
     pub packed: Vec<u8>,
-    /// One scale per block of [`BLOCK`].
+    /// One scale per block.
     pub absmax: Absmax,
+    /// Elements per block ([`BLOCK`] when lf quantises; a checkpoint may use another).
+    pub block: usize,
 }
 
 impl FourBitMatrix {
@@ -339,6 +341,7 @@ impl FourBitMatrix {
             kind,
             packed,
             absmax,
+            block: BLOCK,
         }
     }
 
@@ -354,13 +357,39 @@ impl FourBitMatrix {
             } else {
                 byte & 0x0F
             };
-            *o = code[q as usize] * scales[e / BLOCK];
+            *o = code[q as usize] * scales[e / self.block];
         }
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.packed.len() + self.absmax.bytes()
+    }
+
+    /// Checks that the parts hold `n` elements (packed codes and one scale per block).
+    pub fn check(&self, n: usize) -> Result<(), String> {
+        let blocks = n.div_ceil(self.block.max(1));
+        let scales = match &self.absmax {
+            Absmax::Plain(v) => v.len(),
+            Absmax::Double { codes, absmax2, .. } => {
+                if absmax2.len() != codes.len().div_ceil(DOUBLE_BLOCK) {
+                    return Err(format!(
+                        "{} second-level scales for {} scales",
+                        absmax2.len(),
+                        codes.len()
+                    ));
+                }
+                codes.len()
+            }
+        };
+        if self.block == 0 || self.packed.len() != n.div_ceil(2) || scales != blocks {
+            return Err(format!(
+                "{} packed bytes and {scales} scales (blocks of {}) do not hold {n} weights",
+                self.packed.len(),
+                self.block
+            ));
+        }
+        Ok(())
     }
 }
 

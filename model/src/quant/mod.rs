@@ -31,7 +31,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::gguf::quant::{GgmlType, can_dequantize, dequantize_into};
 pub use bnb::FourBit;
-use bnb::{FourBitMatrix, Int8Matrix};
+pub use bnb::FourBitMatrix;
+use bnb::Int8Matrix;
 
 /// How training stores frozen projections (LLaMA-Factory's `quantization_bit`,
 /// `quantization_type`, `double_quantization`).
@@ -167,6 +168,32 @@ impl QuantizedMatrix {
             QuantSpec::Int8 => Data::Int8(Int8Matrix::quantize(values, cols)),
         };
         QuantizedMatrix { rows, cols, data }
+    }
+
+    /// A matrix from bitsandbytes' 4-bit parts (a pre-quantised checkpoint).
+    pub fn four_bit(m: FourBitMatrix, rows: usize, cols: usize) -> Result<Self> {
+        m.check(rows * cols).map_err(Error::config)?;
+        Ok(QuantizedMatrix {
+            rows,
+            cols,
+            data: Data::FourBit(m),
+        })
+    }
+
+    /// A matrix from bitsandbytes' int8 parts: the codes and the absmax of each row.
+    pub fn int8(q: Vec<i8>, row_absmax: Vec<f32>, rows: usize, cols: usize) -> Result<Self> {
+        if q.len() != rows * cols || row_absmax.len() != rows {
+            return Err(Error::config(format!(
+                "{} int8 codes and {} row scales do not make a [{rows}, {cols}] matrix",
+                q.len(),
+                row_absmax.len()
+            )));
+        }
+        Ok(QuantizedMatrix {
+            rows,
+            cols,
+            data: Data::Int8(Int8Matrix { q, row_absmax }),
+        })
     }
 
     /// A matrix kept in the GGML blocks `bytes` of type `ty` (rows of `cols` elements).

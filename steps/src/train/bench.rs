@@ -81,12 +81,12 @@ pub fn train(args: &BenchArgs) -> anyhow::Result<Json> {
 fn build_options(name: Option<&str>) -> anyhow::Result<BuildOptions> {
     let quantize = |spec| BuildOptions {
         quantize: Some(spec),
-        keep_gguf_blocks: false,
+        keep_quantized: false,
     };
     Ok(match name {
         None => BuildOptions {
             quantize: None,
-            keep_gguf_blocks: true,
+            keep_quantized: true,
         },
         Some("none") => BuildOptions::default(),
         Some("nf4") => quantize(QuantSpec::FourBit {

@@ -304,6 +304,26 @@ pub fn check_inputs(
     if let ModelFormat::Gguf(file) = &source.base {
         out.extend(check_gguf(p, file));
     }
+    let bnb = source
+        .config_json
+        .as_ref()
+        .and_then(|j| j.pointer("/quantization_config/quant_method"))
+        .and_then(|m| m.as_str())
+        == Some("bitsandbytes");
+    if let (Some(bits), true) = (p.quantization_bit, bnb) {
+        out.push(
+            Problem::new(
+                key("quantization_bit"),
+                format!(
+                    "`{}` is a bitsandbytes checkpoint, quantised already; LoRA trains on its own blocks",
+                    p.model
+                ),
+            )
+            .hint(format!(
+                "remove `quantization_bit: {bits}`: the checkpoint's quantisation is used as it is"
+            )),
+        );
+    }
     match read_info(data_dir) {
         Err(e) => out.push(
             Problem::new(key("dataset"), format!("{e:#}"))

@@ -267,7 +267,7 @@ impl TrainingTask for Job<'_, '_> {
         let quantization = check::quantization(self.p);
         let options = BuildOptions {
             quantize: quantization,
-            keep_gguf_blocks: matches!(self.method, Method::Lora(_)),
+            keep_quantized: matches!(self.method, Method::Lora(_)),
         };
         let loaded = self.source.load_with::<B>(&device, dtype, options)?;
         // A LoRA input is merged into its base: training continues from the function it computes.

@@ -477,3 +477,68 @@ fn qlora_trains_adapters_on_a_quantised_base_and_its_artifact_computes_the_same(
         .unwrap();
     assert_eq!(checked, 1);
 }
+
+/// A checkpoint bitsandbytes saved in NF4 trains LoRA adapters on its own blocks.
+#[test]
+fn lora_trains_on_a_bitsandbytes_checkpoint_kept_in_its_blocks() {
+    use lf_model::llama::BuildOptions;
+    let (_, b) = golden();
+    let model = lf_model::load::load_model_with::<AD>(
+        &fixtures().join("tiny/llama-bnb-nf4"),
+        &CpuDevice,
+        Dtype::F32,
+        BuildOptions {
+            quantize: None,
+            keep_quantized: true,
+        },
+    )
+    .unwrap()
+    .model;
+    let quantized = model.linear_bytes().1;
+    assert!(quantized > 0 && model.linear_bytes().0 == 0);
+    let lora = Method::Lora(LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: vec!["all-linear".into()],
+    });
+    let mut t = Trainer::new(model, &lora, AdamW::default(), 1).unwrap();
+    let losses = train_steps(&mut t, &b, 3, 1e-2);
+    let after = mean_loss(&mut t, &b);
+    assert!(after < losses[0] - 0.01, "{losses:?} → {after}");
+    assert_eq!(t.model.linear_bytes(), (0, quantized));
+}
+
+/// `quantization_bit` on a checkpoint bitsandbytes quantised already is refused before training.
+#[test]
+fn quantization_bit_on_a_bitsandbytes_checkpoint_is_refused() {
+    use lf_schemas::kinds::TrainParams;
+    use lf_schemas::kinds::dataset::Stage;
+    use lf_schemas::kinds::train::FinetuningType;
+    let p: TrainParams = serde_json::from_value(serde_json::json!({
+        "model": "bnb", "dataset": "data", "quantization_bit": 4
+    }))
+    .unwrap();
+    let inputs = std::collections::BTreeMap::from([
+        ("model".to_string(), fixtures().join("tiny/llama-bnb-nf4")),
+        ("dataset".to_string(), PathBuf::from("/nonexistent")),
+    ]);
+    let problems = super::check::check_inputs(&p, "sft", Stage::Sft, FinetuningType::Lora, &inputs);
+    let found = problems
+        .iter()
+        .find(|p| p.field.to_string() == "quantization_bit");
+    let found = found.unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(
+        found.message.contains("bitsandbytes checkpoint"),
+        "{}",
+        found.message
+    );
+    assert!(
+        found
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("remove `quantization_bit: 4`")
+    );
+}
