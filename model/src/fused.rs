@@ -1,6 +1,7 @@
 //! Fused CPU kernels, each with its backward, for the parts of the decoder that are not matrix
 //! products: RMSNorm, RoPE, the masked attention softmax, SwiGLU and the target-token
-//! log-probabilities of the loss.
+//! log-probabilities of the loss (alone, or together with the LM head so that the `[n, vocab]` logits
+//! are never kept: [`head_logps`]).
 //!
 //! Written with burn's tensor operations, each is a chain of two to eight operations, and most of them
 //! broadcast a per-row statistic (a maximum, a sum, a mean square) or a table (RoPE's angles, the
@@ -31,7 +32,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, binary, unary};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::fixed_order::{same_type, tensor};
+use crate::fixed_order::{matmul_blocked, same_type, tensor};
 
 type CpuAd = Autodiff<Flex>;
 
@@ -641,6 +642,155 @@ fn token_logps_autodiff(logits: Tensor<CpuAd, 2>, targets: &[i64]) -> Tensor<Cpu
 }
 
 // ---------------------------------------------------------------------------------------------
+// The LM head and the target log-probabilities together
+
+/// Rows of the LM head [`head_logps`] computes at a time: one block of the fixed-order product's
+/// summed dimension, so that the weight gradient, added chunk after chunk, is summed exactly as one
+/// product over all rows would sum it.
+pub const HEAD_CHUNK: usize = crate::fixed_order::K_BLOCK;
+
+/// `log softmax(hidden · weightᵀ)[target]` of each row, without keeping the `[n, vocab]` logits: the
+/// forward computes them [`HEAD_CHUNK`] rows at a time and keeps each row's log-sum-exp; the backward
+/// computes each chunk's logits again, then `d logits = g · (onehot − softmax)` and from it the
+/// gradients of `hidden` and (when it needs one) `weight`. The same products and row formulas as
+/// [`crate::ops::linear`] followed by [`token_logps`], so the same bits, in a chunk's logits of
+/// memory instead of two `[n, vocab]` tensors.
+///
+/// `Err` gives the inputs back when this backend or dtype has no fused kernel, or a target is not a
+/// row of `weight`.
+///
+/// # Shapes
+/// - `hidden`: `[n, width]`
+/// - `weight`: `[vocab, width]`
+/// - `targets`: `n` token ids
+/// - output: `[n]`
+#[allow(clippy::type_complexity)]
+pub fn head_logps<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: &[i64],
+) -> Result<Tensor<B, 1>, (Tensor<B, 2>, Tensor<B, 2>)> {
+    let ([n, width], [vocab, w_width]) = (hidden.dims(), weight.dims());
+    let in_range = targets.len() == n && targets.iter().all(|&t| (0..vocab as i64).contains(&t));
+    if hidden.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || width != w_width
+        || !in_range
+        || n == 0
+        || vocab == 0
+    {
+        return Err((hidden, weight));
+    }
+    let args: Box<dyn Any> = Box::new((hidden, weight));
+    let args = match args.downcast::<(Tensor<CpuAd, 2>, Tensor<CpuAd, 2>)>() {
+        Ok(a) => return Ok(same_type(head_logps_autodiff(a.0, a.1, targets))),
+        Err(other) => other,
+    };
+    match args.downcast::<(Tensor<Flex, 2>, Tensor<Flex, 2>)>() {
+        Ok(a) => {
+            let (logps, _) = head_forward(&flex(a.0), &flex(a.1), targets);
+            Ok(same_type(tensor::<1>(from_vec(logps, &[n]))))
+        }
+        Err(other) => Err(*same_type::<_, Box<(Tensor<B, 2>, Tensor<B, 2>)>>(other)),
+    }
+}
+
+/// The logits of rows `start..start + len` of `hidden` (contiguous `[len, vocab]`).
+fn head_chunk(hidden: &FlexTensor, weight: &FlexTensor, start: usize, len: usize) -> FlexTensor {
+    let rows = tensor::<2>(hidden.clone()).narrow(0, start, len);
+    let logits = matmul_blocked(rows, tensor::<2>(weight.clone()).transpose());
+    flex(logits)
+}
+
+/// Each row's target log-probability and log-sum-exp, chunk by chunk.
+fn head_forward(hidden: &FlexTensor, weight: &FlexTensor, targets: &[i64]) -> (Vec<f32>, Vec<f32>) {
+    let n = targets.len();
+    let (mut logps, mut lse) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for start in (0..n).step_by(HEAD_CHUNK) {
+        let len = HEAD_CHUNK.min(n - start);
+        let logits = head_chunk(hidden, weight, start, len);
+        let (l, s) = logps_forward(&logits, &targets[start..start + len]);
+        logps.extend(l);
+        lse.extend(s);
+    }
+    (logps, lse)
+}
+
+/// Backward of [`head_logps`]; its state is the hidden rows, the weight, each row's log-sum-exp and
+/// the targets.
+#[derive(Debug)]
+struct HeadLogpsBackward;
+
+impl Backward<Flex, 2> for HeadLogpsBackward {
+    type State = (FlexTensor, FlexTensor, Vec<f32>, Vec<i64>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (hidden, weight, lse, targets) = ops.state;
+        let [hidden_node, weight_node] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let g = values(&grad);
+        let n = targets.len();
+        let vocab = weight.layout().shape()[0];
+        let mut d_hidden: Vec<f32> = Vec::new();
+        let mut d_weight: Option<Tensor<Flex, 2>> = None;
+        for start in (0..n).step_by(HEAD_CHUNK) {
+            let len = HEAD_CHUNK.min(n - start);
+            let logits = head_chunk(&hidden, &weight, start, len);
+            let x = values(&logits);
+            // The backward of `token_logps`, row by row.
+            let mut d = vec![0f32; len * vocab];
+            for_rows(&mut d, vocab, |r, o| {
+                let (gr, lr) = (g[start + r], lse[start + r]);
+                for (o, &v) in o.iter_mut().zip(&x[r * vocab..(r + 1) * vocab]) {
+                    *o = -(gr * (v - lr).exp());
+                }
+                o[targets[start + r] as usize] += gr;
+            });
+            drop(logits);
+            let d = tensor::<2>(from_vec(d, &[len, vocab]));
+            if hidden_node.is_some() {
+                let dh = matmul_blocked(d.clone(), tensor::<2>(weight.clone()));
+                d_hidden.extend_from_slice(values(&flex(dh)));
+            }
+            if weight_node.is_some() {
+                let rows = tensor::<2>(hidden.clone()).narrow(0, start, len);
+                let dw = matmul_blocked(d.transpose(), rows);
+                d_weight = Some(match d_weight {
+                    None => dw,
+                    Some(sum) => sum + dw,
+                });
+            }
+        }
+        if let Some(node) = hidden_node {
+            let width = hidden.layout().shape()[1];
+            grads.register::<Flex>(node.id, from_vec(d_hidden, &[n, width]));
+        }
+        if let (Some(node), Some(dw)) = (weight_node, d_weight) {
+            grads.register::<Flex>(node.id, dw.into_primitive().tensor());
+        }
+    }
+}
+
+fn head_logps_autodiff(
+    hidden: Tensor<CpuAd, 2>,
+    weight: Tensor<CpuAd, 2>,
+    targets: &[i64],
+) -> Tensor<CpuAd, 1> {
+    let n = targets.len();
+    let hidden = hidden.into_primitive().tensor();
+    let weight = weight.into_primitive().tensor();
+    let h = hidden.primitive.clone().to_contiguous();
+    let w = weight.primitive.clone().to_contiguous();
+    let (logps, lse) = head_forward(&h, &w, targets);
+    record(
+        HeadLogpsBackward,
+        [&hidden, &weight],
+        (h, w, lse, targets.to_vec()),
+        from_vec(logps, &[n]),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // SwiGLU
 
 /// `silu(gate) · up`, element-wise (the gated unit of the feed-forward block).
@@ -1034,5 +1184,65 @@ mod tests {
         assert_close(&y, &want_y, "y");
         assert_close(&dg, &want_dg, "d gate");
         assert_close(&du, &want_du, "d up");
+    }
+
+    /// The head and the log-probabilities together are the dense product followed by
+    /// [`token_logps`], bit for bit: the log-probabilities, the gradient of the hidden rows and of the
+    /// weight (more rows than one chunk, a width longer than one block of the product).
+    #[test]
+    fn head_logps_is_the_head_product_then_token_logps() {
+        let (n, width, vocab) = (HEAD_CHUNK * 2 + 77, 576, 300);
+        let h = random(31, n * width);
+        let w: Vec<f32> = random(32, vocab * width).iter().map(|v| v * 0.05).collect();
+        let up = random(33, n);
+        let targets: Vec<i64> = (0..n).map(|i| ((i * 37) % vocab) as i64).collect();
+        let run = |fused: bool| {
+            let hidden = input::<CpuAd, 2>(&h, [n, width]).require_grad();
+            let weight = input::<CpuAd, 2>(&w, [vocab, width]).require_grad();
+            let logps = if fused {
+                head_logps(hidden.clone(), weight.clone(), &targets).unwrap()
+            } else {
+                let logits = crate::ops::linear(hidden.clone(), weight.clone());
+                token_logps(logits, &targets).unwrap()
+            };
+            let grads = (logps.clone() * input::<CpuAd, 1>(&up, [n]))
+                .sum()
+                .backward();
+            (
+                bits(&host(logps)),
+                bits(&host(hidden.grad(&grads).unwrap())),
+                bits(&host(weight.grad(&grads).unwrap())),
+            )
+        };
+        let (fused, composite) = (run(true), run(false));
+        assert!(fused.0 == composite.0, "log-probabilities differ");
+        assert!(fused.1 == composite.1, "hidden gradients differ");
+        assert!(fused.2 == composite.2, "weight gradients differ");
+        // Without autodiff, the same values.
+        let plain = head_logps(
+            input::<Flex, 2>(&h, [n, width]),
+            input::<Flex, 2>(&w, [vocab, width]),
+            &targets,
+        )
+        .unwrap();
+        assert!(bits(&host(plain)) == fused.0);
+        // A frozen weight gets no gradient; a target outside the vocabulary falls back.
+        let hidden = input::<CpuAd, 2>(&h, [n, width]).require_grad();
+        let weight = input::<CpuAd, 2>(&w, [vocab, width]);
+        let grads = head_logps(hidden, weight.clone(), &targets)
+            .unwrap()
+            .sum()
+            .backward();
+        assert!(weight.grad(&grads).is_none());
+        let mut bad = targets.clone();
+        bad[3] = vocab as i64;
+        assert!(
+            head_logps(
+                input::<Flex, 2>(&h, [n, width]),
+                input::<Flex, 2>(&w, [vocab, width]),
+                &bad
+            )
+            .is_err()
+        );
     }
 }

@@ -650,6 +650,16 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The LM head as one dense `[vocab, hidden]` weight (the tied embedding, or an `lm_head` without
+    /// bias or adapter), for losses that multiply by it themselves ([`crate::fused::head_logps`]).
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        match &self.lm_head {
+            None => Some(self.embed_tokens.val()),
+            Some(head) if head.bias.is_none() && head.lora.is_none() => head.base.dense(),
+            Some(_) => None,
+        }
+    }
+
     /// Logits for every position.
     ///
     /// # Shapes

@@ -118,10 +118,32 @@ pub fn lm_loss_sum<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Option<Tens
     let width = hidden.dims()[2];
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.scored.clone(), [n]), &device);
     let picked = hidden.reshape([rows * cols, width]).select(0, idx);
+    Some(-scored_logps(model, picked, &batch.targets).sum())
+}
+
+/// `log p(target)` of each picked hidden row (f32) through the model's LM head. On the CPU the head
+/// and the log-probabilities are one operation that never keeps the `[n, vocab]` logits
+/// ([`lf_model::fused::head_logps`]); elsewhere, the logits then [`token_logps`].
+///
+/// # Shapes
+/// - `picked`: `[n, width]`
+/// - output: `[n]`
+fn scored_logps<B: Backend>(
+    model: &Llama<B>,
+    picked: Tensor<B, 2>,
+    targets: &[i64],
+) -> Tensor<B, 1> {
+    let picked = match model.head_weight() {
+        Some(weight) => match lf_model::fused::head_logps(picked, weight, targets) {
+            Ok(logps) => return logps,
+            Err((picked, _)) => picked,
+        },
+        None => picked,
+    };
+    let [n, width] = picked.dims();
     let logits = model.logits(picked.reshape([1, n, width]));
     let vocab = logits.dims()[2];
-    let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
-    Some(-token_logps(logits, &batch.targets).sum())
+    token_logps(ops::cast(logits.reshape([n, vocab]), DType::F32), targets)
 }
 
 /// The summed log-probability of the scored tokens of each row (f32): `Σₜ log p(targetₜ)` over the
@@ -140,10 +162,7 @@ pub fn row_logps<B: Backend>(model: &Llama<B>, batch: &LmBatch) -> Tensor<B, 1> 
     let width = hidden.dims()[2];
     let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(batch.scored.clone(), [n]), &device);
     let picked = hidden.reshape([rows * cols, width]).select(0, idx);
-    let logits = model.logits(picked.reshape([1, n, width]));
-    let vocab = logits.dims()[2];
-    let logits = ops::cast(logits.reshape([n, vocab]), DType::F32);
-    let token_logps = token_logps(logits, &batch.targets).reshape([n, 1]);
+    let token_logps = scored_logps(model, picked, &batch.targets).reshape([n, 1]);
     // Sum per row: a [rows, n] matrix of ones where token j belongs to row r.
     let mut assign = vec![0f32; rows * n];
     for (j, &i) in batch.scored.iter().enumerate() {
