@@ -29,7 +29,7 @@ TEXTS = [
     "  spaces   and\ttabs\n\nnewlines 12345 3.14159",
     "한국어와 中文 text, émigré naïve café",
 ]
-TOL = {"f32": 1e-3, "f16": 5e-2, "bf16": 2e-1, "q8_0": 2e-1}
+TOL = {"f32": 1e-3, "f16": 5e-2, "bf16": 2e-1, "q8_0": 2e-1, "q5_1": 5e-1, "q5_0": 5e-1, "q4_1": 5e-1, "q4_0": 5e-1}
 
 
 def no_repacking() -> None:
