@@ -74,6 +74,22 @@ pub fn tensor_type(ty: GgufType, shape: &[usize]) -> GgmlType {
     }
 }
 
+/// Whether the GGUF tensor `name` is the output projection: `output.weight`, or the embedding when
+/// the output is tied to it.
+fn is_output(name: &str, tied: bool) -> bool {
+    name == "output.weight" || (tied && name == "token_embd.weight")
+}
+
+/// The type of the output projection in a file of type `ty`. llama.cpp's quantiser keeps it at
+/// Q6_K in 4- and 5-bit files (falling back to Q8_0 when its rows are not a multiple of 256); lf has
+/// no k-quants yet and writes Q8_0.
+fn output_type(ty: GgufType) -> GgufType {
+    match ty {
+        GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q5_0 | GgufType::Q5_1 => GgufType::Q8_0,
+        other => other,
+    }
+}
+
 /// llama.cpp's per-dimension RoPE factors for Llama 3.1 scaling (its `rope_freqs.weight`).
 fn llama3_rope_factors(c: &ModelConfig) -> Option<Vec<f32>> {
     let Some(RopeScaling::Llama3 {
@@ -418,6 +434,11 @@ pub fn write_gguf(
     for (name, shape) in &shapes {
         let g =
             gguf_tensor_name(name).with_context(|| format!("no GGUF name for tensor `{name}`"))?;
+        let ty = if is_output(&g, c.tie_word_embeddings) {
+            output_type(ty)
+        } else {
+            ty
+        };
         infos.push((g, shape.clone(), tensor_type(ty, shape)));
     }
 
@@ -518,6 +539,12 @@ mod tests {
         assert_eq!(tensor_type(GgufType::Q8_0, &[64, 48]), GgmlType::F16);
         assert_eq!(tensor_type(GgufType::F16, &[3, 5]), GgmlType::F16);
         assert_eq!(tensor_type(GgufType::Bf16, &[3, 5]), GgmlType::BF16);
+        // The output projection stays at 8 bits in 4/5-bit files; a tied embedding is the output.
+        assert_eq!(output_type(GgufType::Q4_1), GgufType::Q8_0);
+        assert_eq!(output_type(GgufType::F16), GgufType::F16);
+        assert!(is_output("output.weight", false));
+        assert!(is_output("token_embd.weight", true));
+        assert!(!is_output("token_embd.weight", false));
     }
 
     #[test]
