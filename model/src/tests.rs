@@ -1309,13 +1309,13 @@ fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
 }
 
 /// Checkpoints bitsandbytes saved quantised (`scripts/goldens/bnb_checkpoint.py`: NF4 with double
-/// quantisation, FP4 with plain scales) load as the 4-bit model transformers runs, dequantised at
-/// load or kept in their blocks (the same logits, bit for bit).
+/// quantisation, FP4 with plain scales, int8) load as transformers runs them with bitsandbytes'
+/// dequantised weights, dequantised at load or kept in their blocks (the same logits, bit for bit).
 #[test]
-fn bitsandbytes_4bit_checkpoints_match_transformers() {
+fn bitsandbytes_checkpoints_match_transformers() {
     use super::llama::BuildOptions;
     use super::load::load_model_with;
-    for name in ["llama-bnb-nf4", "llama-bnb-fp4"] {
+    for name in ["llama-bnb-nf4", "llama-bnb-fp4", "llama-bnb-int8"] {
         let dir = fixtures().join("tiny").join(name);
         let golden = read_json(&dir.join("golden.json"));
         let dense = load_tiny(name, Dtype::F32).model;
