@@ -392,6 +392,14 @@ pub struct BuildOptions {
     pub keep_quantized: bool,
 }
 
+impl BuildOptions {
+    /// Projections kept as the source stores them, nothing quantised anew (LoRA's default).
+    pub const KEEP_QUANTIZED: BuildOptions = BuildOptions {
+        quantize: None,
+        keep_quantized: true,
+    };
+}
+
 /// Turns HF-named host tensors into device tensors of one dtype.
 struct Builder<'a, B: Backend> {
     src: &'a mut dyn TensorSource,

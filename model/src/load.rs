@@ -182,36 +182,18 @@ impl StFile {
         let end = 8 + self.header_len + info.data_offsets.1;
         let raw = &self.bytes[start..end];
         let n: usize = shape.iter().product();
-        let bad_len = || Error::Config {
-            path: Some(self.path.clone()),
-            msg: format!("tensor `{name}` has {} bytes for {n} elements", raw.len()),
-        };
-        Ok(match info.dtype {
-            StDtype::F32 => {
-                if raw.len() != 4 * n {
-                    return Err(bad_len());
-                }
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+        Ok(match floats(info.dtype, raw) {
+            Some(values) if values.len() == n && raw.len() * 8 == n * info.dtype.bitsize() => {
+                values
             }
-            StDtype::F16 => {
-                if raw.len() != 2 * n {
-                    return Err(bad_len());
-                }
-                raw.chunks_exact(2)
-                    .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                    .collect()
+            Some(_) => {
+                return Err(Error::Config {
+                    path: Some(self.path.clone()),
+                    msg: format!("tensor `{name}` has {} bytes for {n} elements", raw.len()),
+                });
             }
-            StDtype::BF16 => {
-                if raw.len() != 2 * n {
-                    return Err(bad_len());
-                }
-                raw.chunks_exact(2)
-                    .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                    .collect()
-            }
-            other => {
+            None => {
+                let other = info.dtype;
                 return Err(Error::Unsupported(format!(
                     "tensor `{name}` in `{}` has dtype {other:?}; supported: F32, F16, BF16",
                     self.path.display()
@@ -219,6 +201,25 @@ impl StFile {
             }
         })
     }
+}
+
+/// Little-endian F32, F16 or BF16 bytes as f32 values; `None` for other dtypes.
+fn floats(dtype: StDtype, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        StDtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        StDtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        StDtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+        _ => return None,
+    })
 }
 
 /// HF-named tensors from one safetensors file or a sharded set.
@@ -344,21 +345,8 @@ impl SafetensorsSource {
     /// A float vector stored in F32, F16 or BF16.
     fn floats(&self, name: &str) -> Result<Vec<f32>> {
         let (dtype, _, bytes) = self.raw(name).ok_or_else(|| self.bad(name, "is missing"))?;
-        Ok(match dtype {
-            StDtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StDtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-            StDtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-            other => return Err(self.bad(name, format!("has dtype {other:?}, not a float"))),
-        })
+        floats(dtype, bytes)
+            .ok_or_else(|| self.bad(name, format!("has dtype {dtype:?}, not a float")))
     }
 
     fn bytes_of(&self, name: &str, dtype: StDtype) -> Result<&[u8]> {

@@ -45,6 +45,15 @@ fn logits_of(model: &Llama<B>, ids: &[u32]) -> Vec<Vec<f32>> {
     (0..t).map(|i| flat[i * v..(i + 1) * v].to_vec()).collect()
 }
 
+/// A JSON array of numbers as f32 (a row of golden logits).
+fn floats_of(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -73,12 +82,7 @@ fn check_tiny_golden(name: &str) {
         let ids = ids_of(&seq["input_ids"]);
         let got = logits_of(&loaded.model, &ids);
         for (pos, want) in seq["logits"].as_array().unwrap().iter().enumerate() {
-            let want: Vec<f32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
+            let want = floats_of(want);
             let d = max_abs_diff(&got[pos], &want);
             worst = worst.max(d);
             assert!(
@@ -262,12 +266,7 @@ fn smollm2_gguf_metadata_and_dequant_match_gguf_py() {
             };
             let (row, count) = rest.split_once("_first").unwrap();
             let (row, count): (usize, usize) = (row.parse().unwrap(), count.parse().unwrap());
-            let want: Vec<f32> = want
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect();
+            let want = floats_of(want);
             assert_eq!(want.len(), count);
             assert_eq!(
                 &values[row * row_len..row * row_len + count],
@@ -1223,10 +1222,6 @@ fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
     use super::llama::BuildOptions;
     use super::load::load_model_with;
     let path = smollm2_gguf();
-    let kept_options = BuildOptions {
-        quantize: None,
-        keep_quantized: true,
-    };
     let lora = LoraConfig {
         rank: 2,
         alpha: 4.0,
@@ -1243,7 +1238,7 @@ fn smollm2_gguf_kept_in_its_blocks_computes_what_the_dequantised_model_does() {
             .freeze_base(true)
     };
     let dense = load(BuildOptions::default());
-    let kept = load(kept_options);
+    let kept = load(BuildOptions::KEEP_QUANTIZED);
     let (dense_bytes, none) = dense.linear_bytes();
     let (rest, kept_bytes) = kept.linear_bytes();
     assert_eq!((none, rest), (0, 0));
@@ -1319,17 +1314,9 @@ fn bitsandbytes_checkpoints_match_transformers() {
         let dir = fixtures().join("tiny").join(name);
         let golden = read_json(&dir.join("golden.json"));
         let dense = load_tiny(name, Dtype::F32).model;
-        let kept = load_model_with::<B>(
-            &dir,
-            &CpuDevice,
-            Dtype::F32,
-            BuildOptions {
-                quantize: None,
-                keep_quantized: true,
-            },
-        )
-        .unwrap()
-        .model;
+        let kept = load_model_with::<B>(&dir, &CpuDevice, Dtype::F32, BuildOptions::KEEP_QUANTIZED)
+            .unwrap()
+            .model;
         assert_eq!(dense.linear_bytes().1, 0, "{name}");
         assert_eq!(kept.linear_bytes().0, 0, "{name}");
         for seq in golden["sequences"].as_array().unwrap() {
@@ -1337,12 +1324,7 @@ fn bitsandbytes_checkpoints_match_transformers() {
             let got = logits_of(&dense, &ids);
             assert_eq!(got, logits_of(&kept, &ids), "{name}: kept vs dequantised");
             for (pos, want) in seq["logits"].as_array().unwrap().iter().enumerate() {
-                let want: Vec<f32> = want
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect();
+                let want = floats_of(want);
                 let d = max_abs_diff(&got[pos], &want);
                 assert!(d < 1e-4, "{name}: ids {ids:?} position {pos}: {d}");
             }

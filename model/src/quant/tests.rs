@@ -20,6 +20,12 @@ fn golden() -> Json {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The shape of the golden script's input matrix.
+fn golden_shape(g: &Json) -> (usize, usize) {
+    let dim = |k: &str| g[k].as_u64().unwrap() as usize;
+    (dim("rows"), dim("cols"))
+}
+
 /// The golden script's input: integer hashing, float64 arithmetic, one rounding to float32.
 fn golden_input(rows: usize, cols: usize) -> Vec<f32> {
     let mut x = Vec::with_capacity(rows * cols);
@@ -70,10 +76,7 @@ fn code_books_and_the_dynamic_map_are_bitsandbytes() {
 #[test]
 fn four_bit_quantisation_matches_bitsandbytes() {
     let g = golden();
-    let (rows, cols) = (
-        g["rows"].as_u64().unwrap() as usize,
-        g["cols"].as_u64().unwrap() as usize,
-    );
+    let (rows, cols) = golden_shape(&g);
     let x = golden_input(rows, cols);
     assert_eq!(f32_sha(&x), s(&g, "input_sha256"), "the input formula");
     for (key, kind, double) in [
@@ -123,10 +126,7 @@ fn four_bit_quantisation_matches_bitsandbytes() {
 #[test]
 fn int8_quantisation_matches_bitsandbytes() {
     let g = golden();
-    let (rows, cols) = (
-        g["rows"].as_u64().unwrap() as usize,
-        g["cols"].as_u64().unwrap() as usize,
-    );
+    let (rows, cols) = golden_shape(&g);
     let x = golden_input(rows, cols);
     let want = &g["int8"];
     let m = Int8Matrix::quantize(&x, cols);

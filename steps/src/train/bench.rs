@@ -84,10 +84,7 @@ fn build_options(name: Option<&str>) -> anyhow::Result<BuildOptions> {
         keep_quantized: false,
     };
     Ok(match name {
-        None => BuildOptions {
-            quantize: None,
-            keep_quantized: true,
-        },
+        None => BuildOptions::KEEP_QUANTIZED,
         Some("none") => BuildOptions::default(),
         Some("nf4") => quantize(QuantSpec::FourBit {
             kind: FourBit::Nf4,

@@ -99,6 +99,17 @@ fn golden() -> (Json, LmBatch) {
     (g, LmBatch::new(&b, false))
 }
 
+/// LoRA rank 4, alpha 8, on every linear layer.
+fn lora_all_linear() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: vec!["all-linear".into()],
+    }
+}
+
 fn mean_loss(t: &mut Trainer<AD>, b: &LmBatch) -> f64 {
     let (sum, n) = t.eval_loss(b);
     sum / n as f64
@@ -159,13 +170,7 @@ fn full_and_lora_steps_lower_the_loss() {
     let mut full = Trainer::new(tiny("llama"), &Method::Full, AdamW::default(), 0).unwrap();
     let losses = train_steps(&mut full, &b, 3, 1e-3);
     assert!(mean_loss(&mut full, &b) < losses[0], "{losses:?}");
-    let lora = Method::Lora(LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: vec!["all-linear".into()],
-    });
+    let lora = Method::Lora(lora_all_linear());
     let mut t = Trainer::new(tiny("llama"), &lora, AdamW::default(), 0).unwrap();
     assert_eq!(t.trained_names().len(), 2 * 7 * 2);
     assert!(t.trained_names().iter().all(|n| n.contains(".lora_")));
@@ -329,13 +334,7 @@ fn restored_state_continues_bit_identically() {
 #[test]
 fn lora_artifacts_load_back_with_their_base() {
     let (_, b) = golden();
-    let cfg = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: vec!["all-linear".into()],
-    };
+    let cfg = lora_all_linear();
     let mut t = Trainer::new(
         tiny("llama"),
         &Method::Lora(cfg.clone()),
@@ -392,13 +391,7 @@ fn lora_artifacts_load_back_with_their_base() {
 fn qlora_trains_adapters_on_a_quantised_base_and_its_artifact_computes_the_same() {
     use lf_model::quant::{FourBit, QuantSpec};
     let (_, b) = golden();
-    let cfg = LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: vec!["all-linear".into()],
-    };
+    let cfg = lora_all_linear();
     let spec = QuantSpec::FourBit {
         kind: FourBit::Nf4,
         double: true,
@@ -487,22 +480,13 @@ fn lora_trains_on_a_bitsandbytes_checkpoint_kept_in_its_blocks() {
         &fixtures().join("tiny/llama-bnb-nf4"),
         &CpuDevice,
         Dtype::F32,
-        BuildOptions {
-            quantize: None,
-            keep_quantized: true,
-        },
+        BuildOptions::KEEP_QUANTIZED,
     )
     .unwrap()
     .model;
     let quantized = model.linear_bytes().1;
     assert!(quantized > 0 && model.linear_bytes().0 == 0);
-    let lora = Method::Lora(LoraConfig {
-        rank: 4,
-        alpha: 8.0,
-        dropout: 0.0,
-        rslora: false,
-        targets: vec!["all-linear".into()],
-    });
+    let lora = Method::Lora(lora_all_linear());
     let mut t = Trainer::new(model, &lora, AdamW::default(), 1).unwrap();
     let losses = train_steps(&mut t, &b, 3, 1e-2);
     let after = mean_loss(&mut t, &b);
