@@ -9,11 +9,17 @@ For every `model-*.gguf` in an export artifact folder:
 3. its logits for a fixed prompt match transformers' on the exported Hugging Face folder (float32),
    within a tolerance that depends on the file's type.
 
-Nothing is written; the script prints what it compared and exits non-zero on a mismatch. It is a
+With `--requantize`, it instead checks lf's quantisers against llama.cpp's own: every quantised
+`model-<type>.gguf` of the folder must equal, tensor for tensor (type and bytes), what
+`llama_model_quantize` writes from the folder's `model-f32.gguf` (`q4_k`, `q5_k`, `q6_k` as
+`--pure` Q4_K_S/Q5_K_S/Q6_K; `q4_k_m`, `q5_k_m` as llama.cpp's mixes; the 32-weight types as
+theirs, where lf keeps the output projection in Q8_0).
+
+Nothing is written to the folder; the script prints what it compared and exits non-zero on a mismatch. It is a
 manual check (lf's tests never run Python); docs/steps/export.md records the versions it passed with.
 
-Setup (any venv): pip install llama-cpp-python transformers torch
-Run:   python scripts/goldens/llamacpp_check.py runs/<pipeline>/<export-step> [...]
+Setup (any venv): pip install llama-cpp-python transformers torch gguf
+Run:   python scripts/goldens/llamacpp_check.py [--requantize] runs/<pipeline>/<export-step> [...]
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ TEXTS = [
     "  spaces   and\ttabs\n\nnewlines 12345 3.14159",
     "한국어와 中文 text, émigré naïve café",
 ]
-TOL = {"f32": 1e-3, "f16": 5e-2, "bf16": 2e-1, "q8_0": 2e-1, "q5_1": 5e-1, "q5_0": 5e-1, "q4_1": 5e-1, "q4_0": 5e-1}
+TOL = {"f32": 1e-3, "f16": 5e-2, "bf16": 2e-1, "q8_0": 2e-1, "q5_1": 5e-1, "q5_0": 5e-1, "q4_1": 5e-1, "q4_0": 5e-1,
+       "q4_k": 5e-1, "q5_k": 5e-1, "q6_k": 5e-1, "q4_k_m": 5e-1, "q5_k_m": 5e-1}
 
 
 def no_repacking() -> None:
@@ -94,9 +101,68 @@ def check(folder: Path) -> int:
     return bad
 
 
+# lf's type -> (llama_ftype, pure)
+FTYPES = {"q4_0": (2, False), "q4_1": (3, False), "q8_0": (7, False), "q5_0": (8, False), "q5_1": (9, False),
+          "q4_k": (14, True), "q4_k_m": (15, False), "q5_k": (16, True), "q5_k_m": (17, False), "q6_k": (18, True)}
+
+
+def requantize(folder: Path) -> int:
+    import ctypes
+    import tempfile
+
+    import gguf
+    import llama_cpp
+
+    source = folder / "model-f32.gguf"
+    if not source.exists():
+        print(f"{folder}: no model-f32.gguf to quantise from")
+        return 1
+    bad = 0
+    for path in sorted(folder.glob("model-*.gguf")):
+        ty = re.match(r"model-(.+)\.gguf", path.name).group(1)
+        if ty not in FTYPES:
+            continue
+        ftype, pure = FTYPES[ty]
+        with tempfile.TemporaryDirectory() as tmp:
+            theirs = Path(tmp) / "llama.gguf"
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.pure = pure
+            params.nthread = 2
+            rc = llama_cpp.llama_model_quantize(str(source).encode(), str(theirs).encode(), ctypes.byref(params))
+            if rc != 0:
+                print(f"{path.name}: llama_model_quantize failed ({rc})")
+                bad += 1
+                continue
+            ours = {t.name: t for t in gguf.GGUFReader(path).tensors}
+            same, differ = 0, []
+            for t in gguf.GGUFReader(theirs).tensors:
+                o = ours.get(t.name)
+                lf_output_rule = ty in ("q4_0", "q4_1", "q5_0", "q5_1") and t.name in ("output.weight", "token_embd.weight")
+                if o is None:
+                    differ.append(f"{t.name}: missing")
+                elif o.tensor_type != t.tensor_type:
+                    if not lf_output_rule:
+                        differ.append(f"{t.name}: {o.tensor_type.name} vs llama.cpp's {t.tensor_type.name}")
+                elif bytes(o.data.tobytes()) != bytes(t.data.tobytes()):
+                    differ.append(f"{t.name} ({t.tensor_type.name}): bytes differ")
+                else:
+                    same += 1
+            types = sorted({o.tensor_type.name for o in ours.values()})
+            print(f"{path.name}: {same}/{len(ours)} tensors byte-identical to llama.cpp's ftype {ftype}{' --pure' if pure else ''} ({', '.join(types)})")
+            for d in differ[:10]:
+                print(f"  {d}")
+            bad += len(differ)
+    return bad
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    mode = check
+    if args and args[0] == "--requantize":
+        mode, args = requantize, args[1:]
+    if not args:
         sys.exit(__doc__)
-    failures = sum(check(Path(p)) for p in sys.argv[1:])
+    failures = sum(mode(Path(p)) for p in args)
     print("ok" if failures == 0 else f"{failures} problems")
     sys.exit(1 if failures else 0)

@@ -6,11 +6,13 @@
 //!
 //! - [`read`]: header, metadata key/values, tensor infos and alignment.
 //! - [`quant`]: dequantisation of the block formats, and encoding to the types lf writes.
+//! - [`kquant`]: the k-quant formats (Q4_K, Q5_K, Q6_K): super-blocks of 256 with quantised scales.
 //! - [`names`]: Hugging Face ↔ llama.cpp tensor names, the Q/K permutation, [`GgufSource`].
 //! - [`metadata`]: [`ModelConfig`](crate::ModelConfig) from a file's metadata.
 //! - [`tokenizer`]: a `tokenizers::Tokenizer` rebuilt from `tokenizer.ggml.*`.
 //! - [`write`]: metadata values and whole files, as GGUF v3 stores them.
 
+pub mod kquant;
 pub mod metadata;
 pub mod names;
 pub mod quant;

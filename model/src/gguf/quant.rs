@@ -1,11 +1,12 @@
-//! The GGML block formats: dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and
-//! Q6_K (the layouts of ggml's `ggml-common.h`), and encoding to the types lf writes (F32, F16, BF16,
-//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), byte for byte as gguf-py's reference quantisers do.
+//! The GGML block formats: dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K
+//! and Q6_K (the layouts of ggml's `ggml-common.h`), and encoding to the types lf writes (all of
+//! those), byte for byte as ggml's reference quantisers do (the k-quants are in [`kquant`]).
 
 use std::fmt;
 
 use half::{bf16, f16};
 
+use super::kquant;
 use crate::error::{Error, Result};
 
 /// A GGML tensor type.
@@ -38,7 +39,7 @@ pub enum GgmlType {
     Q3_K,
     /// k-quant 4-bit: 256 weights in 8 sub-blocks with 6-bit scales and mins.
     Q4_K,
-    /// k-quant 5-bit (size known, not dequantised).
+    /// k-quant 5-bit: 256 weights in 8 sub-blocks with 6-bit scales and mins.
     Q5_K,
     /// k-quant 6-bit: 256 weights in 16 sub-blocks with i8 scales.
     Q6_K,
@@ -144,7 +145,7 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q6_K
+        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K
     )
 }
 
@@ -227,17 +228,22 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
         }
         GgmlType::Q4_K => {
             for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(144)) {
-                dequant_q4_k_block(b, y);
+                kquant::dequant_q4_k_block(b, y);
+            }
+        }
+        GgmlType::Q5_K => {
+            for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(176)) {
+                kquant::dequant_q5_k_block(b, y);
             }
         }
         GgmlType::Q6_K => {
             for (y, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(210)) {
-                dequant_q6_k_block(b, y);
+                kquant::dequant_q6_k_block(b, y);
             }
         }
         other => {
             return Err(Error::Unsupported(format!(
-                "dequantising GGML type {other}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K"
+                "dequantising GGML type {other}; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K"
             )));
         }
     }
@@ -253,60 +259,6 @@ fn five_bits(qs: &[u8], qh: u32, j: usize) -> u8 {
         qs[j - 16] >> 4
     };
     low | ((((qh >> j) & 1) as u8) << 4)
-}
-
-/// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
-}
-
-/// Q4_K block: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
-fn dequant_q4_k_block(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let dmin = f16_at(b, 2);
-    let scales = &b[4..16];
-    let qs = &b[16..144];
-    for chunk in 0..4 {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-        let q = &qs[32 * chunk..32 * chunk + 32];
-        let out = &mut y[64 * chunk..64 * chunk + 64];
-        for l in 0..32 {
-            out[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            out[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
-    }
-}
-
-/// Q6_K block: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
-fn dequant_q6_k_block(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 208);
-    for half in 0..2 {
-        let ql = &b[64 * half..64 * half + 64];
-        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-        let sc = &b[192 + 8 * half..192 + 8 * half + 8];
-        let out = &mut y[128 * half..128 * half + 128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            out[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-            out[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-            out[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-            out[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-        }
-    }
 }
 
 /// Quantises `x` (a multiple of 32 values) to ggml's Q8_0: per block of 32, `d = max|x| / 127` stored
@@ -421,6 +373,16 @@ pub fn encode(values: &[f32], ty: GgmlType) -> Result<Vec<u8>> {
                 GgmlType::Q5_0 => quantize_symmetric(values, 32),
                 GgmlType::Q4_1 => quantize_affine(values, 16),
                 _ => quantize_affine(values, 32),
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            if !values.len().is_multiple_of(kquant::QK_K) {
+                return Err(Error::gguf(format!("{ty} needs blocks of 256 values")));
+            }
+            match ty {
+                GgmlType::Q4_K => kquant::quantize_q4_k(values),
+                GgmlType::Q5_K => kquant::quantize_q5_k(values),
+                _ => kquant::quantize_q6_k(values),
             }
         }
         other => {

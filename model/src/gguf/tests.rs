@@ -146,7 +146,7 @@ fn dequant_rejects_wrong_sizes_and_unsupported_types() {
     assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32).is_err());
     assert!(dequantize(GgmlType::Q4_0, &[0; 18], 31).is_err());
     assert!(matches!(
-        dequantize(GgmlType::Q5_K, &[0; 176], 256),
+        dequantize(GgmlType::Q3_K, &[0; 110], 256),
         Err(Error::Unsupported(_))
     ));
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`bnb`]: bitsandbytes' NF4/FP4 blocks with (double-quantised) absmax scales, and row-wise int8.
 //! - [`QuantizedMatrix`]: one `[out, in]` weight in any of those formats or a GGML block type
-//!   (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K), with [`QuantizedMatrix::dequantize`].
+//!   (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), with [`QuantizedMatrix::dequantize`].
 //! - [`QuantWeight`]: the shared, immutable matrix as a burn module without parameters (the
 //!   `Quantized` variant of [`crate::linear::BaseWeight`]).
 //! - [`op`]: `x · deq(W)ᵀ` as a burn operation. On the CPU it is a custom autodiff operation that keeps
@@ -201,7 +201,7 @@ impl QuantizedMatrix {
         let (block, _) = ty.block();
         if !can_dequantize(ty) || block == 1 {
             return Err(Error::Unsupported(format!(
-                "keeping GGML type {ty} quantised; supported: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q6_K"
+                "keeping GGML type {ty} quantised; supported: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K"
             )));
         }
         if !cols.is_multiple_of(block as usize) || bytes.len() as u64 != ty.byte_size(rows * cols) {

@@ -15,7 +15,8 @@ use crate::{FieldPath, Input, Params};
 /// same on every machine).
 ///
 /// On request it also writes the adapter alone in PEFT's layout (`adapter/`), GGUF files that llama.cpp
-/// loads (`model-<type>.gguf`: F16, BF16, F32 or Q8_0; llama.cpp's tensor names, its Q/K row
+/// loads (`model-<type>.gguf`: F16, BF16, F32, Q8_0, the 4/5-bit types, the k-quants and llama.cpp's
+/// `q4_k_m`/`q5_k_m` mixes; llama.cpp's tensor names, its Q/K row
 /// permutation, the tokenizer and chat template in the metadata), and an Ollama `Modelfile` next to
 /// them. See `docs/steps/export.md` for the artifact's layout.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -44,8 +45,9 @@ pub struct ExportParams {
     /// artifact. Default false.
     #[serde(default)]
     pub adapter: bool,
-    /// GGUF files to write, one per type: any of `f16`, `q8_0`, `bf16`, `f32` (e.g. `[f16, q8_0]`).
-    /// Default: none.
+    /// GGUF files to write, one per type: any of `f16`, `bf16`, `f32`, `q8_0`, `q4_0`, `q4_1`,
+    /// `q5_0`, `q5_1`, `q4_k`, `q5_k`, `q6_k`, and llama.cpp's mixes `q4_k_m` and `q5_k_m` (e.g.
+    /// `[f16, q4_k_m]`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gguf: Vec<GgufType>,
     /// Write an Ollama `Modelfile` for the first GGUF file (needs `gguf`). Default false.
@@ -74,6 +76,7 @@ pub enum ExportDtype {
 
 /// A GGUF tensor type for the weight matrices (norms and other vectors stay F32, as llama.cpp's
 /// converter does).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GgufType {
@@ -100,6 +103,25 @@ pub enum GgufType {
     /// 5-bit blocks of 32 weights with an f16 scale and minimum (`ggml`'s Q5_1).
     #[serde(rename = "q5_1")]
     Q5_1,
+    /// Every matrix in `ggml`'s Q4_K (super-blocks of 256 weights, 6-bit sub-block scales and
+    /// minimums), as `llama-quantize --pure … Q4_K_S` writes it; rows not a multiple of 256 fall back
+    /// to Q5_0, as llama.cpp's do.
+    #[serde(rename = "q4_k")]
+    Q4_K,
+    /// Every matrix in `ggml`'s Q5_K; rows not a multiple of 256 fall back to Q5_1.
+    #[serde(rename = "q5_k")]
+    Q5_K,
+    /// Every matrix in `ggml`'s Q6_K (6-bit, i8 sub-block scales); rows not a multiple of 256 fall
+    /// back to Q8_0.
+    #[serde(rename = "q6_k")]
+    Q6_K,
+    /// llama.cpp's Q4_K_M mix: Q4_K, with the output projection in Q6_K and `attn_v` and `ffn_down`
+    /// of a third of the layers (the first and last eighth, and every third between) in Q6_K.
+    #[serde(rename = "q4_k_m")]
+    Q4_K_M,
+    /// llama.cpp's Q5_K_M mix: Q5_K, with the same tensors as Q4_K_M's in Q6_K.
+    #[serde(rename = "q5_k_m")]
+    Q5_K_M,
 }
 
 impl GgufType {
@@ -114,6 +136,11 @@ impl GgufType {
             GgufType::Q4_1 => "q4_1",
             GgufType::Q5_0 => "q5_0",
             GgufType::Q5_1 => "q5_1",
+            GgufType::Q4_K => "q4_k",
+            GgufType::Q5_K => "q5_k",
+            GgufType::Q6_K => "q6_k",
+            GgufType::Q4_K_M => "q4_k_m",
+            GgufType::Q5_K_M => "q5_k_m",
         }
     }
 }

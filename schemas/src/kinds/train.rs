@@ -37,7 +37,7 @@ macro_rules! with_train_fields {
     /// frozen projections stay quantised in memory and are dequantised one layer at a time inside
     /// the forward and backward passes; the adapter, embeddings, norms and LM head stay in the
     /// compute dtype. `finetuning_type: lora` only. A GGUF model whose projections are quantised
-    /// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) always trains on its own blocks, without this key. Default:
+    /// (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) always trains on its own blocks, without this key. Default:
     /// off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_bit: Option<u8>,

@@ -1,5 +1,6 @@
 //! Writing GGUF v3 files that llama.cpp loads: llama.cpp's tensor names, the Q/K row permutation of
-//! `llama` models, F32/F16/BF16/Q8_0 data aligned to 32 bytes, the architecture's hyper-parameters,
+//! `llama` models, F32/F16/BF16 and block-quantised data (llama.cpp's per-tensor type choices) aligned
+//! to 32 bytes, the architecture's hyper-parameters,
 //! and the tokenizer (`tokenizer.ggml.*`, byte-level BPE as `gpt2`) with the chat template.
 //!
 //! The file is streamed: the header, metadata and tensor infos are computed from the config first
@@ -39,7 +40,8 @@ pub mod token_type {
     pub const UNUSED: i32 = 5;
 }
 
-/// `general.file_type` (`llama_ftype`) of a file whose matrices are `ty`.
+/// `general.file_type` (`llama_ftype`) of a file of type `ty`. The pure k-quant files take the
+/// number of the mix `llama-quantize --pure` is given for them (Q4_K_S, Q5_K_S, Q6_K).
 fn file_type(ty: GgufType) -> u32 {
     match ty {
         GgufType::F32 => 0,
@@ -49,45 +51,120 @@ fn file_type(ty: GgufType) -> u32 {
         GgufType::Q8_0 => 7,
         GgufType::Q5_0 => 8,
         GgufType::Q5_1 => 9,
+        GgufType::Q4_K => 14,
+        GgufType::Q4_K_M => 15,
+        GgufType::Q5_K => 16,
+        GgufType::Q5_K_M => 17,
+        GgufType::Q6_K => 18,
         GgufType::Bf16 => 32,
     }
 }
 
-/// The tensor type a tensor gets in a file of type `ty`: vectors stay F32 (as llama.cpp's converter
-/// keeps norms and biases), matrices get `ty`, except block-quantised matrices whose rows are not a
-/// multiple of 32, which fall back to F16.
-pub fn tensor_type(ty: GgufType, shape: &[usize]) -> GgmlType {
+/// Where a tensor sits in the model, as the type choice needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorPlace<'a> {
+    /// llama.cpp's tensor name (`blk.3.attn_v.weight`, `output.weight`, ...).
+    pub name: &'a str,
+    /// The model's number of layers.
+    pub layers: usize,
+    /// Whether the output projection is the token embedding (`tie_word_embeddings`).
+    pub tied: bool,
+}
+
+impl TensorPlace<'_> {
+    /// Whether this is the output projection: `output.weight`, or the embedding when the output is
+    /// tied to it.
+    fn is_output(&self) -> bool {
+        self.name == "output.weight" || (self.tied && self.name == "token_embd.weight")
+    }
+
+    /// The layer of a `blk.N.*` tensor.
+    fn layer(&self) -> Option<usize> {
+        self.name
+            .strip_prefix("blk.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Whether this tensor is `kind` (`attn_v`, `ffn_down`) of a layer that llama.cpp's `_M` mixes
+    /// give more bits: the first and last eighth of the layers, and every third layer between
+    /// (its `use_more_bits`).
+    fn more_bits(&self, kind: &str) -> bool {
+        let Some(i) = self.layer() else {
+            return false;
+        };
+        if !self.name.contains(&format!(".{kind}.")) {
+            return false;
+        }
+        let n = self.layers;
+        i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+    }
+}
+
+/// The tensor type a tensor of `shape` at `place` gets in a file of type `ty`, as llama.cpp chooses
+/// it:
+/// - vectors (norms, biases) stay F32, as llama.cpp's converter keeps them;
+/// - F32, F16 and BF16 files store every matrix so;
+/// - Q8_0 and the pure k-quant files store every matrix in their type;
+/// - the 4/5-bit files of 32-weight blocks keep the output projection in Q8_0 (llama.cpp would use
+///   Q6_K when its rows are a multiple of 256, Q8_0 otherwise);
+/// - the `_M` mixes put the output projection in Q6_K, and `attn_v` and `ffn_down` in Q6_K in the
+///   layers [`TensorPlace::more_bits`] picks;
+/// - a matrix whose rows do not split into the type's blocks falls back as llama.cpp's quantiser
+///   does (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0), and to F16 when rows are not a multiple of 32.
+pub fn tensor_type(ty: GgufType, place: TensorPlace<'_>, shape: &[usize]) -> GgmlType {
     if shape.len() < 2 {
         return GgmlType::F32;
     }
-    let blocks = shape[shape.len() - 1].is_multiple_of(32);
-    match ty {
-        GgufType::F32 => GgmlType::F32,
-        GgufType::F16 => GgmlType::F16,
-        GgufType::Bf16 => GgmlType::BF16,
-        _ if !blocks => GgmlType::F16,
+    let wanted = match ty {
+        GgufType::F32 => return GgmlType::F32,
+        GgufType::F16 => return GgmlType::F16,
+        GgufType::Bf16 => return GgmlType::BF16,
         GgufType::Q8_0 => GgmlType::Q8_0,
+        _ if place.is_output()
+            && matches!(
+                ty,
+                GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q5_0 | GgufType::Q5_1
+            ) =>
+        {
+            GgmlType::Q8_0
+        }
         GgufType::Q4_0 => GgmlType::Q4_0,
         GgufType::Q4_1 => GgmlType::Q4_1,
         GgufType::Q5_0 => GgmlType::Q5_0,
         GgufType::Q5_1 => GgmlType::Q5_1,
+        GgufType::Q4_K => GgmlType::Q4_K,
+        GgufType::Q5_K => GgmlType::Q5_K,
+        GgufType::Q6_K => GgmlType::Q6_K,
+        GgufType::Q4_K_M | GgufType::Q5_K_M => {
+            if place.is_output() || place.more_bits("attn_v") || place.more_bits("ffn_down") {
+                GgmlType::Q6_K
+            } else if ty == GgufType::Q4_K_M {
+                GgmlType::Q4_K
+            } else {
+                GgmlType::Q5_K
+            }
+        }
+    };
+    fallback(wanted, shape[shape.len() - 1])
+}
+
+/// `ty`, or what llama.cpp's quantiser falls back to when rows of `cols` weights do not split into
+/// its blocks.
+fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
+    let fits = |t: GgmlType| (cols as u64).is_multiple_of(t.block().0);
+    if fits(ty) {
+        return ty;
     }
-}
-
-/// Whether the GGUF tensor `name` is the output projection: `output.weight`, or the embedding when
-/// the output is tied to it.
-fn is_output(name: &str, tied: bool) -> bool {
-    name == "output.weight" || (tied && name == "token_embd.weight")
-}
-
-/// The type of the output projection in a file of type `ty`. llama.cpp's quantiser keeps it at
-/// Q6_K in 4- and 5-bit files (falling back to Q8_0 when its rows are not a multiple of 256); lf has
-/// no k-quants yet and writes Q8_0.
-fn output_type(ty: GgufType) -> GgufType {
-    match ty {
-        GgufType::Q4_0 | GgufType::Q4_1 | GgufType::Q5_0 | GgufType::Q5_1 => GgufType::Q8_0,
+    let next = match ty {
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
         other => other,
-    }
+    };
+    if fits(next) { next } else { GgmlType::F16 }
 }
 
 /// llama.cpp's per-dimension RoPE factors for Llama 3.1 scaling (its `rope_freqs.weight`).
@@ -434,12 +511,13 @@ pub fn write_gguf(
     for (name, shape) in &shapes {
         let g =
             gguf_tensor_name(name).with_context(|| format!("no GGUF name for tensor `{name}`"))?;
-        let ty = if is_output(&g, c.tie_word_embeddings) {
-            output_type(ty)
-        } else {
-            ty
+        let place = TensorPlace {
+            name: &g,
+            layers: c.num_hidden_layers,
+            tied: c.tie_word_embeddings,
         };
-        infos.push((g, shape.clone(), tensor_type(ty, shape)));
+        let t = tensor_type(ty, place, shape);
+        infos.push((g, shape.clone(), t));
     }
 
     let mut header = Vec::new();
@@ -534,17 +612,67 @@ mod tests {
 
     #[test]
     fn tensor_types_follow_llama_cpp() {
-        assert_eq!(tensor_type(GgufType::Q8_0, &[64]), GgmlType::F32);
-        assert_eq!(tensor_type(GgufType::Q8_0, &[64, 64]), GgmlType::Q8_0);
-        assert_eq!(tensor_type(GgufType::Q8_0, &[64, 48]), GgmlType::F16);
-        assert_eq!(tensor_type(GgufType::F16, &[3, 5]), GgmlType::F16);
-        assert_eq!(tensor_type(GgufType::Bf16, &[3, 5]), GgmlType::BF16);
-        // The output projection stays at 8 bits in 4/5-bit files; a tied embedding is the output.
-        assert_eq!(output_type(GgufType::Q4_1), GgufType::Q8_0);
-        assert_eq!(output_type(GgufType::F16), GgufType::F16);
-        assert!(is_output("output.weight", false));
-        assert!(is_output("token_embd.weight", true));
-        assert!(!is_output("token_embd.weight", false));
+        fn place(name: &str) -> TensorPlace<'_> {
+            TensorPlace {
+                name,
+                layers: 32,
+                tied: false,
+            }
+        }
+        let w = place("blk.0.attn_q.weight");
+        assert_eq!(tensor_type(GgufType::Q8_0, w, &[64]), GgmlType::F32);
+        assert_eq!(tensor_type(GgufType::Q8_0, w, &[64, 64]), GgmlType::Q8_0);
+        assert_eq!(tensor_type(GgufType::Q8_0, w, &[64, 48]), GgmlType::F16);
+        assert_eq!(tensor_type(GgufType::F16, w, &[3, 5]), GgmlType::F16);
+        assert_eq!(tensor_type(GgufType::Bf16, w, &[3, 5]), GgmlType::BF16);
+        // The output projection stays at 8 bits in the 4/5-bit files; a tied embedding is the output.
+        let out = place("output.weight");
+        assert_eq!(tensor_type(GgufType::Q4_1, out, &[64, 64]), GgmlType::Q8_0);
+        assert_eq!(tensor_type(GgufType::Q4_1, w, &[64, 64]), GgmlType::Q4_1);
+        let tied = TensorPlace {
+            tied: true,
+            ..place("token_embd.weight")
+        };
+        assert_eq!(tensor_type(GgufType::Q4_0, tied, &[64, 64]), GgmlType::Q8_0);
+        assert_eq!(
+            tensor_type(GgufType::Q4_0, place("token_embd.weight"), &[64, 64]),
+            GgmlType::Q4_0
+        );
+        // k-quants: blocks of 256, with llama.cpp's fallbacks.
+        assert_eq!(tensor_type(GgufType::Q4_K, w, &[8, 512]), GgmlType::Q4_K);
+        assert_eq!(tensor_type(GgufType::Q4_K, w, &[8, 576]), GgmlType::Q5_0);
+        assert_eq!(tensor_type(GgufType::Q5_K, w, &[8, 576]), GgmlType::Q5_1);
+        assert_eq!(tensor_type(GgufType::Q6_K, w, &[8, 576]), GgmlType::Q8_0);
+        assert_eq!(tensor_type(GgufType::Q6_K, w, &[8, 48]), GgmlType::F16);
+        assert_eq!(tensor_type(GgufType::Q4_K, out, &[8, 512]), GgmlType::Q4_K);
+        // Q4_K_M on 32 layers: Q6_K for the output and for attn_v and ffn_down of layers 0-3, every
+        // third from 6 to 27, and 28-31; Q4_K elsewhere.
+        for ty in [GgufType::Q4_K_M, GgufType::Q5_K_M] {
+            let base = if ty == GgufType::Q4_K_M {
+                GgmlType::Q4_K
+            } else {
+                GgmlType::Q5_K
+            };
+            assert_eq!(tensor_type(ty, out, &[8, 512]), GgmlType::Q6_K);
+            assert_eq!(tensor_type(ty, out, &[8, 576]), GgmlType::Q8_0);
+            assert_eq!(tensor_type(ty, tied, &[8, 512]), GgmlType::Q6_K);
+            assert_eq!(tensor_type(ty, place("token_embd.weight"), &[8, 512]), base);
+            let mut more = Vec::new();
+            for i in 0..32 {
+                let v = tensor_type(ty, place(&format!("blk.{i}.attn_v.weight")), &[8, 512]);
+                let d = tensor_type(ty, place(&format!("blk.{i}.ffn_down.weight")), &[8, 512]);
+                let q = tensor_type(ty, place(&format!("blk.{i}.attn_q.weight")), &[8, 512]);
+                assert_eq!(v, d, "layer {i}");
+                assert_eq!(q, base, "layer {i}");
+                if v == GgmlType::Q6_K {
+                    more.push(i);
+                } else {
+                    assert_eq!(v, base);
+                }
+            }
+            let want: Vec<usize> = (0..4).chain((6..28).step_by(3)).chain(28..32).collect();
+            assert_eq!(more, want, "{ty:?}");
+        }
     }
 
     #[test]

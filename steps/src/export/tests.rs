@@ -38,9 +38,19 @@ pub(crate) fn tokenizer(dir: &Path) -> PathBuf {
 
 /// A tiny random model of `arch` with the tokenizer of `tok` in `dir/name`.
 pub(crate) fn tiny_model(dir: &Path, name: &str, arch: Arch, tok: &Path, seed: u64) -> PathBuf {
+    tiny_model_with(dir, name, ModelConfig::tiny(arch), tok, seed)
+}
+
+/// A random model of `config` with the tokenizer of `tok` in `dir/name`.
+fn tiny_model_with(
+    dir: &Path,
+    name: &str,
+    mut config: ModelConfig,
+    tok: &Path,
+    seed: u64,
+) -> PathBuf {
     let out = dir.join(name);
     let tk = crate::data::ModelTokenizer::load(tok).unwrap();
-    let mut config = ModelConfig::tiny(arch);
     config.vocab_size = tk.vocab_size();
     config.bos_token_id = tk.bos_id;
     config.eos_token_ids = tk.eos_id.into_iter().collect();
@@ -471,6 +481,87 @@ fn gguf_files_read_back_with_the_same_tensors() {
     assert_eq!(rebuilt.eos_ids, original.eos_ids);
 }
 
+/// The k-quant files: llama.cpp's per-tensor types (pure files and the `_M` mixes, on a model whose
+/// rows are multiples of 256), every tensor equal to the k-quant encoding of the exported weights
+/// (Q/K rows permuted), a bounded error, and logits close to the unquantised model's.
+#[test]
+fn k_quant_files_follow_llama_cpps_mix() {
+    use lf_model::gguf::{GgmlType, dequantize, encode};
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer(tmp.path());
+    let mut config = ModelConfig::tiny(Arch::Llama);
+    config.hidden_size = 256;
+    config.intermediate_size = 512;
+    config.num_hidden_layers = 4;
+    config.head_dim = 64;
+    let model = tiny_model_with(tmp.path(), "k", config.clone(), &tok, 11);
+    let out = tmp.path().join("k-out");
+    let types = ["f32", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m"];
+    run_export(
+        &params(json!({"model": "x", "dtype": "f32", "gguf": types})),
+        &model,
+        &out,
+    );
+    let reference = logits(&load(&out));
+    let f32_file = GgufFile::open(&out.join("model-f32.gguf")).unwrap();
+    for (ty, file_type, rms_bound) in [
+        ("q4_k", 14, 0.12),
+        ("q5_k", 16, 0.06),
+        ("q6_k", 18, 0.03),
+        ("q4_k_m", 15, 0.12),
+        ("q5_k_m", 17, 0.06),
+    ] {
+        let path = out.join(format!("model-{ty}.gguf"));
+        let file = GgufFile::open(&path).unwrap();
+        assert_eq!(file.meta_u64("general.file_type"), Some(file_type), "{ty}");
+        let (mut err2, mut sum2) = (0f64, 0f64);
+        for info in file.tensors() {
+            let name = info.name.as_str();
+            let layer: Option<usize> = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse().ok());
+            let more_bits = matches!(layer, Some(2 | 3))
+                && (name.contains(".attn_v.") || name.contains(".ffn_down."));
+            let want_type = if info.dims.len() < 2 {
+                GgmlType::F32
+            } else {
+                match ty {
+                    "q4_k" => GgmlType::Q4_K,
+                    "q5_k" => GgmlType::Q5_K,
+                    "q6_k" => GgmlType::Q6_K,
+                    _ if name == "output.weight" || more_bits => GgmlType::Q6_K,
+                    "q4_k_m" => GgmlType::Q4_K,
+                    _ => GgmlType::Q5_K,
+                }
+            };
+            assert_eq!(info.ggml_type, want_type, "{ty} {name}");
+            if info.dims.len() < 2 {
+                continue;
+            }
+            // The stored blocks are the encoding of the f32 file's tensor (same names, same
+            // permutation).
+            let (values, _) = f32_file.dequantize(name).unwrap();
+            let bytes = file.tensor_bytes(info);
+            assert_eq!(
+                bytes,
+                encode(&values, info.ggml_type).unwrap(),
+                "{ty} {name}"
+            );
+            let back = dequantize(info.ggml_type, bytes, values.len()).unwrap();
+            for (b, v) in back.iter().zip(&values) {
+                err2 += f64::from(b - v).powi(2);
+                sum2 += f64::from(*v).powi(2);
+            }
+        }
+        let rel = (err2 / sum2).sqrt();
+        assert!(rel < rms_bound, "{ty}: relative RMS error {rel}");
+        let d = max_diff(&logits(&load(&path)), &reference);
+        assert!(d < 0.5, "{ty}: logits differ by {d}");
+        eprintln!("{ty}: relative RMS error {rel:.4}, max logit difference {d:.4}");
+    }
+}
+
 #[test]
 fn gguf_input_exports_back_to_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
@@ -626,6 +717,49 @@ fn quantisation_matches_gguf_py() {
             }
         }
     }
+}
+
+/// The k-quants against ggml's own quantiser (`ggml_quantize_chunk`, the golden's bytes) and
+/// gguf-py's dequantisation of them.
+#[test]
+fn k_quants_match_ggml() {
+    use lf_model::gguf::{GgmlType, dequantize, encode};
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/export/quant_golden.json");
+    let golden = read_json(&path);
+    let bits = |v: &Json| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let cases = golden["k_cases"].as_array().unwrap();
+    assert!(cases.len() >= 8, "the golden has its k-quant cases");
+    for case in cases {
+        let values: Vec<f32> = bits(&case["input_bits"])
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        for (ty, ggml) in [
+            ("q4_k", GgmlType::Q4_K),
+            ("q5_k", GgmlType::Q5_K),
+            ("q6_k", GgmlType::Q6_K),
+        ] {
+            let bytes = encode(&values, ggml).unwrap();
+            let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, case[ty].as_str().unwrap(), "{} {ty}", case["name"]);
+            let read: Vec<u32> = dequantize(ggml, &bytes, values.len())
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let want = bits(&case[format!("{ty}_dequantized_bits")]);
+            assert_eq!(read, want, "{} {ty} dequantised", case["name"]);
+        }
+    }
+    // Whole super-blocks only.
+    assert!(encode(&[0.0; 255], GgmlType::Q4_K).is_err());
 }
 
 #[test]

@@ -258,7 +258,7 @@ fn check_gguf(p: &TrainParams, file: &Path) -> Vec<Problem> {
                     names[0]
                 ),
             )
-            .hint("lf reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K; convert the file (llama.cpp's `llama-quantize`) or use the Hugging Face model"),
+            .hint("lf reads F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K; convert the file (llama.cpp's `llama-quantize`) or use the Hugging Face model"),
         );
     }
     if let (Some(bits), Some((name, ty))) = (p.quantization_bit, quantized_projection) {
