@@ -3,5 +3,7 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    lf_engine::cli::main(lf_steps::app(include_str!("../pipelines/quickstart.yaml")))
+    lf_engine::cli::main(lf_serve::with_server(lf_steps::app(include_str!(
+        "../pipelines/quickstart.yaml"
+    ))))
 }

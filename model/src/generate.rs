@@ -115,6 +115,8 @@ pub enum FinishReason {
     StopString,
     /// `max_new_tokens` was reached.
     Length,
+    /// The caller stopped generation (its token callback returned `false`).
+    Cancelled,
 }
 
 /// Generated tokens and timings.
@@ -242,6 +244,21 @@ pub fn generate<B: Backend>(
     tokenizer: Option<&TokenizerBundle>,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<GenerateOutput> {
+    generate_until(model, prompts, opts, tokenizer, &mut |row, id| {
+        on_token(row, id);
+        true
+    })
+}
+
+/// [`generate`], where `on_token(row, id)` returning `false` ends that row at once (finish reason
+/// [`FinishReason::Cancelled`]): a server stops decoding for a client that went away.
+pub fn generate_until<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    tokenizer: Option<&TokenizerBundle>,
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
+) -> Result<GenerateOutput> {
     let b = prompts.len();
     let device = model.device();
     let mut out = GenerateOutput {
@@ -333,8 +350,10 @@ pub fn generate<B: Backend>(
             if step > 0 {
                 out.decode_tokens += 1;
             }
-            on_token(i, tok);
-            if opts.eos_ids.contains(&tok) {
+            if !on_token(i, tok) {
+                done[i] = true;
+                out.finish[i] = FinishReason::Cancelled;
+            } else if opts.eos_ids.contains(&tok) {
                 done[i] = true;
                 out.finish[i] = FinishReason::Eos;
             } else if !opts.stop_strings.is_empty()

@@ -1,7 +1,7 @@
 //! `lf chat`: chats with a model given as a path or as a step of a pipeline.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use lf_cache::Health;
@@ -52,7 +52,7 @@ pub struct ChatArgs {
 
 /// `lf chat`.
 pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result {
-    let model = resolve_model(app, cli, args)?;
+    let model = resolve_model(app, cli, &args.model, args.file.as_deref())?;
     let numerics = app
         .extensions
         .backends()
@@ -65,13 +65,18 @@ pub(super) fn chat(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result {
 /// The model `--model` names: a path, or the artifact of a step of `--file`'s pipeline. A manifest that
 /// cannot be read or is invalid, or a name that is neither, is a usage error; a step that has not run yet
 /// is a failure.
-fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result<PathBuf> {
-    let direct = PathBuf::from(&args.model);
+pub(super) fn resolve_model(
+    app: &App,
+    cli: &Cli,
+    model: &str,
+    file: Option<&Path>,
+) -> exit::Result<PathBuf> {
+    let direct = PathBuf::from(model);
     if direct.exists() {
         return Ok(direct);
     }
-    let (path, text) = manifest::read(app, args.file.as_deref())
-        .map_err(|e| Failure::usage(format_args!("{e:#}")))?;
+    let (path, text) =
+        manifest::read(app, file).map_err(|e| Failure::usage(format_args!("{e:#}")))?;
     let pipeline =
         pipeline::load(&path, &text, &app.registry, &BTreeMap::new()).map_err(|diags| {
             let display = path.display().to_string();
@@ -84,23 +89,21 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result<PathBuf>
                 "`{display}` is not a valid manifest, so `--model` cannot name its steps"
             ))
         })?;
-    if pipeline.index_of(&args.model).is_none() {
+    if pipeline.index_of(model).is_none() {
         return Err(Failure::usage(format_args!(
             "`{}` is neither a file nor a step of `{}`\nhint: steps are {}",
-            args.model,
+            model,
             pipeline.name,
             diag::list(pipeline.steps.iter().map(|s| s.name.as_str()))
         )));
     }
-    let link = cli.runs_dir.join(&pipeline.name).join(&args.model);
+    let link = cli.runs_dir.join(&pipeline.name).join(model);
     if !link.exists() {
         return Err(anyhow::anyhow!(
             "step `{}` of `{}` has not produced an artifact yet\nhint: run `lf run {}` first",
-            args.model,
+            model,
             pipeline.name,
-            args.file
-                .as_ref()
-                .map_or(String::new(), |f| f.display().to_string())
+            file.map_or(String::new(), |f| f.display().to_string())
         )
         .into());
     }
@@ -112,12 +115,10 @@ fn resolve_model(app: &App, cli: &Cli, args: &ChatArgs) -> exit::Result<PathBuf>
         return Err(anyhow::anyhow!(
             "the artifact of step `{}` ({}) is damaged{}\n\
              hint: `lf run {}` builds it again; `lf cache verify --repair` removes every damaged artifact",
-            args.model,
+            model,
             link.display(),
             lf_cache::describe_damage(&files),
-            args.file
-                .as_ref()
-                .map_or(String::new(), |f| f.display().to_string())
+            file.map_or(String::new(), |f| f.display().to_string())
         )
         .into());
     }

@@ -18,6 +18,7 @@ mod plan;
 mod preview;
 mod run;
 mod schema;
+mod serve;
 mod validate;
 
 use std::io::IsTerminal;
@@ -31,6 +32,7 @@ use serde_json::Value as Json;
 
 pub use bench::BenchArgs;
 pub use chat::ChatArgs;
+pub use serve::ServeArgs;
 
 use cache::CacheCommand;
 use plan::PlanArgs;
@@ -66,6 +68,11 @@ pub trait Extensions: Send + Sync {
     fn bench(&self, name: &str, args: &BenchArgs) -> Option<anyhow::Result<Json>>;
     /// Names of the extension benchmarks, for help.
     fn bench_names(&self) -> Vec<&'static str>;
+    /// `lf serve`: serves `model` (a resolved artifact or local path) until interrupted.
+    fn serve(&self, model: &Path, args: &ServeArgs, numerics: &Numerics) -> anyhow::Result<()> {
+        let _ = (model, args, numerics);
+        anyhow::bail!("this lf binary was built without the server")
+    }
 }
 
 /// lf: declarative, cached, resumable LLM fine-tuning pipelines.
@@ -118,6 +125,8 @@ enum Command {
     Cache(CacheCommand),
     /// Chat with a model (a path, or a step of a pipeline).
     Chat(ChatArgs),
+    /// Serve a model behind an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
     /// Show the first rows of a dataset step as the model will see them.
     Preview(PreviewArgs),
     /// Measure speed (not a test: prints numbers).
@@ -176,6 +185,7 @@ fn dispatch(app: &App, cli: &Cli) -> exit::Result {
         Command::Run(args) => run::run(app, cli, args, color),
         Command::Cache(cmd) => cache::cache(cli, cmd),
         Command::Chat(args) => chat::chat(app, cli, args),
+        Command::Serve(args) => serve::serve(app, cli, args),
         Command::Preview(args) => preview::preview(app, cli, args, color),
         Command::Bench(args) => bench::bench(app, args),
     }

@@ -1,0 +1,561 @@
+//! The routes: OpenAI's endpoints, health and metrics, the API key check and request accounting.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::ServeOptions;
+use crate::api::{ApiError, ChatRequest, CompletionRequest, PromptField, Sampling, Usage};
+use crate::metrics::Metrics;
+use crate::worker::{Event, Job, Refused, Worker};
+use lf_steps::chat::{ChatMessage, build_prompt};
+
+struct Shared {
+    opts: ServeOptions,
+    worker: Worker,
+    metrics: Metrics,
+    requests: AtomicU64,
+    started: u64,
+}
+
+type AppState = Arc<Shared>;
+
+/// Marks a streamed response: its accounting happens when the stream ends.
+#[derive(Clone, Copy)]
+struct Streamed;
+
+/// The server's routes.
+pub fn router(opts: ServeOptions, worker: Worker) -> Router {
+    let limit = opts.max_body_bytes;
+    let state = Arc::new(Shared {
+        opts,
+        worker,
+        metrics: Metrics::new(),
+        requests: AtomicU64::new(0),
+        started: unix_now(),
+    });
+    let v1 = Router::new()
+        .route("/models", get(models))
+        .route("/chat/completions", post(chat_completions))
+        .route("/completions", post(completions))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), account))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The metrics label of a path.
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/v1/models" => "/v1/models",
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        _ => "other",
+    }
+}
+
+/// Counts every request and its latency (streams count when they end).
+async fn account(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let endpoint = endpoint(req.uri().path());
+    s.metrics.in_flight.inc();
+    let response = next.run(req).await;
+    if response.extensions().get::<Streamed>().is_none() {
+        s.metrics.in_flight.dec();
+        s.metrics.record(
+            endpoint,
+            response.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
+    }
+    response
+}
+
+/// With a key set, `/v1` needs `Authorization: Bearer <key>`.
+async fn authorize(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &s.opts.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                if given.is_none() {
+                    "no API key: send `Authorization: Bearer <key>`"
+                } else {
+                    "incorrect API key"
+                },
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "ok", "model": s.opts.model_id, "queue_depth": s.worker.queue_depth()}))
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.queue_depth.set(s.worker.queue_depth() as i64);
+    let cancelled = s.worker.cancelled();
+    s.metrics
+        .cancelled
+        .inc_by(cancelled.saturating_sub(s.metrics.cancelled.get()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "no such endpoint",
+    )
+}
+
+async fn models(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": s.opts.model_id, "object": "model", "created": s.started, "owned_by": "lf"}],
+    }))
+}
+
+/// A parse failure as a 400 (413 for a body over the limit), in OpenAI's shape.
+fn rejected(e: JsonRejection) -> ApiError {
+    let status = match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError {
+        status,
+        message: e.body_text(),
+        kind: "invalid_request_error",
+        param: None,
+        code: None,
+    }
+}
+
+/// A request's generation settings, checked.
+struct Settings {
+    max_tokens: usize,
+    sampling: lf_model::generate::Sampling,
+    stop: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+    /// The request's number (in its id).
+    number: u64,
+}
+
+fn settings(
+    s: &Shared,
+    model: &str,
+    p: &Sampling,
+    default_max: usize,
+) -> Result<Settings, ApiError> {
+    if model != s.opts.model_id {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!(
+                "the model `{model}` does not exist; this server serves `{}`",
+                s.opts.model_id
+            ),
+            kind: "invalid_request_error",
+            param: Some("model"),
+            code: Some("model_not_found"),
+        });
+    }
+    if p.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid(
+            "n",
+            "lf answers one choice per request (`n: 1`)",
+        ));
+    }
+    let temperature = p.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("temperature {temperature} is not in [0, 2]"),
+        ));
+    }
+    let top_p = p.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("top_p {top_p} is not in (0, 1]"),
+        ));
+    }
+    let limit = s.opts.max_tokens;
+    let max_tokens = p
+        .max_completion_tokens
+        .or(p.max_tokens)
+        .unwrap_or(default_max.min(limit));
+    if max_tokens == 0 || max_tokens > limit {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("max_tokens {max_tokens} is not in [1, {limit}] (this server's limit)"),
+        ));
+    }
+    let stop = p.stop.as_ref().map(|s| s.list()).unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::invalid("stop", "at most 4 stop strings"));
+    }
+    let n = s.requests.fetch_add(1, Ordering::SeqCst);
+    Ok(Settings {
+        max_tokens,
+        sampling: lf_model::generate::Sampling {
+            temperature,
+            top_k: 0,
+            top_p,
+            repetition_penalty: 1.0,
+            seed: p.seed.unwrap_or(n),
+        },
+        stop,
+        stream: p.stream,
+        include_usage: p.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        number: n,
+    })
+}
+
+/// Tokenizes `prompt` and checks it leaves room for an answer.
+fn tokenize(s: &Shared, prompt: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
+    let ids = s
+        .worker
+        .info
+        .tokenizer
+        .encode(prompt, add_special)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the prompt: {e}")))?;
+    let context = s.worker.info.context;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt is empty"));
+    }
+    if ids.len() >= context {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "the prompt has {} tokens; the model's context holds {context}",
+                ids.len()
+            ),
+            kind: "invalid_request_error",
+            param: Some("messages"),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    Ok(ids)
+}
+
+/// Queues a job; its events arrive on the returned receiver.
+fn submit(
+    s: &Shared,
+    ids: Vec<u32>,
+    set: &Settings,
+) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let job = Job {
+        ids,
+        max_tokens: set.max_tokens,
+        sampling: set.sampling.clone(),
+        stop: set.stop.clone(),
+        events: tx,
+    };
+    match s.worker.submit(job) {
+        Ok(()) => Ok(rx),
+        Err(Refused::Full) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "queue_full",
+            format!(
+                "{} requests are already waiting for the model; retry later",
+                s.opts.max_queue
+            ),
+        )),
+        Err(Refused::Gone) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "model_unavailable",
+            "the model has stopped",
+        )),
+    }
+}
+
+/// The whole answer of a non-streamed request.
+async fn collect(
+    s: &Shared,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<(String, &'static str, Usage), ApiError> {
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                s.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+                s.metrics.generated_tokens.inc_by(completion_tokens as u64);
+                return Ok((text, finish, Usage::new(prompt_tokens, completion_tokens)));
+            }
+            Event::Error(m) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "generation_failed",
+                    m,
+                ));
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "generation_failed",
+        "the model stopped answering",
+    ))
+}
+
+/// Records a streamed request when its stream ends (completed, or dropped by a client that left).
+struct StreamGuard {
+    state: AppState,
+    endpoint: &'static str,
+    start: Instant,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.state.metrics.in_flight.dec();
+        self.state
+            .metrics
+            .record(self.endpoint, 200, self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Server-sent events for a job: `chunk(delta text, finish reason)` makes each event's JSON; a last
+/// usage chunk when asked; then `[DONE]`.
+fn event_stream(
+    state: AppState,
+    endpoint: &'static str,
+    rx: mpsc::UnboundedReceiver<Event>,
+    first: Option<Value>,
+    chunk: impl Fn(Option<&str>, Option<&str>, Option<Usage>) -> Value + Send + 'static,
+    include_usage: bool,
+) -> Response {
+    let guard = StreamGuard {
+        state: state.clone(),
+        endpoint,
+        start: Instant::now(),
+    };
+    let head = futures::stream::iter(
+        first.map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string()))),
+    );
+    let body = UnboundedReceiverStream::new(rx).flat_map(move |e| {
+        let _keep = &guard;
+        let events: Vec<Value> = match e {
+            Event::Text(t) => vec![chunk(Some(&t), None, None)],
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                state.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+                state
+                    .metrics
+                    .generated_tokens
+                    .inc_by(completion_tokens as u64);
+                let mut v = vec![chunk(None, Some(finish), None)];
+                if include_usage {
+                    v.push(chunk(
+                        None,
+                        None,
+                        Some(Usage::new(prompt_tokens, completion_tokens)),
+                    ));
+                }
+                v
+            }
+            Event::Error(m) => vec![
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "generation_failed",
+                    m,
+                )
+                .body(),
+            ],
+        };
+        futures::stream::iter(
+            events
+                .into_iter()
+                .map(|v| Ok(SseEvent::default().data(v.to_string()))),
+        )
+    });
+    let done = futures::stream::iter([Ok(SseEvent::default().data("[DONE]"))]);
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
+        Box::pin(head.chain(body).chain(done));
+    let mut response = Sse::new(stream).into_response();
+    response.extensions_mut().insert(Streamed);
+    response
+}
+
+async fn chat_completions(
+    State(s): State<AppState>,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(rejected)?;
+    let set = settings(&s, &req.model, &req.sampling, s.opts.max_tokens)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` is empty"));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant") => r,
+            other => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    format!(
+                        "messages with role `{other}` are not supported (system, developer, user, assistant)"
+                    ),
+                ));
+            }
+        };
+        let text = match &m.content {
+            Some(c) => c.text()?,
+            None => String::new(),
+        };
+        messages.push(ChatMessage::new(role, text));
+    }
+    let prompt = build_prompt(&s.worker.info.tokenizer, &messages)
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    let ids = tokenize(&s, &prompt, false)?;
+    let rx = submit(&s, ids, &set)?;
+    let id = format!("chatcmpl-{}", set.number);
+    let created = unix_now();
+    let model = s.opts.model_id.clone();
+    if set.stream {
+        let head = json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}],
+        });
+        let chunk = move |text: Option<&str>, finish: Option<&str>, usage: Option<Usage>| {
+            match usage {
+                Some(u) => {
+                    json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": u})
+                }
+                None => json!({
+                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [{"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "logprobs": null, "finish_reason": finish}],
+                }),
+            }
+        };
+        return Ok(event_stream(
+            s.clone(),
+            "/v1/chat/completions",
+            rx,
+            Some(head),
+            chunk,
+            set.include_usage,
+        ));
+    }
+    let (text, finish, usage) = collect(&s, rx).await?;
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}],
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+async fn completions(
+    State(s): State<AppState>,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(rejected)?;
+    // OpenAI's default for text completions is 16 tokens.
+    let set = settings(&s, &req.model, &req.sampling, 16)?;
+    let prompt = match &req.prompt {
+        PromptField::One(p) => p.clone(),
+        PromptField::Many(v) if v.len() == 1 => v[0].clone(),
+        PromptField::Many(_) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "lf answers one prompt per request",
+            ));
+        }
+    };
+    let ids = tokenize(&s, &prompt, true)?;
+    let rx = submit(&s, ids, &set)?;
+    let id = format!("cmpl-{}", set.number);
+    let created = unix_now();
+    let model = s.opts.model_id.clone();
+    if set.stream {
+        let chunk = move |text: Option<&str>, finish: Option<&str>, usage: Option<Usage>| {
+            match usage {
+                Some(u) => {
+                    json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": u})
+                }
+                None => json!({
+                    "id": id, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
+                }),
+            }
+        };
+        return Ok(event_stream(
+            s.clone(),
+            "/v1/completions",
+            rx,
+            None,
+            chunk,
+            set.include_usage,
+        ));
+    }
+    let (text, finish, usage) = collect(&s, rx).await?;
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
+        "usage": usage,
+    }))
+    .into_response())
+}
