@@ -216,20 +216,26 @@ fn answer<B: Backend>(
     let mut ids = Vec::new();
     let mut stopped = false;
     let mut gone = false;
-    let result = generate_until(model, std::slice::from_ref(&job.ids), opts, None, &mut |_, tok| {
-        if opts.eos_ids.contains(&tok) {
-            return true;
-        }
-        ids.push(tok);
-        let decoded = tokenizer.decode(&ids, true).unwrap_or_default();
-        let (piece, stop) = text.advance(&decoded);
-        if !piece.is_empty() && job.events.send(Event::Text(piece)).is_err() {
-            gone = true;
-            return false;
-        }
-        stopped = stop;
-        !stop
-    });
+    let result = generate_until(
+        model,
+        std::slice::from_ref(&job.ids),
+        opts,
+        None,
+        &mut |_, tok| {
+            if opts.eos_ids.contains(&tok) {
+                return true;
+            }
+            ids.push(tok);
+            let decoded = tokenizer.decode(&ids, true).unwrap_or_default();
+            let (piece, stop) = text.advance(&decoded);
+            if !piece.is_empty() && job.events.send(Event::Text(piece)).is_err() {
+                gone = true;
+                return false;
+            }
+            stopped = stop;
+            !stop
+        },
+    );
     if gone {
         return false;
     }
