@@ -158,11 +158,10 @@ pub struct Sampling {
     pub max_completion_tokens: Option<usize>,
     /// Strings that end the answer.
     pub stop: Option<Stop>,
-    /// Sampling seed (the same seed and request give the same answer).
-    pub seed: Option<u64>,
+    /// Sampling seed (the same seed and request give the same answer; OpenAI's are int64).
+    pub seed: Option<i64>,
     /// Answer as server-sent events.
-    #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     /// Streaming options.
     pub stream_options: Option<StreamOptions>,
     /// Number of answers; only 1.

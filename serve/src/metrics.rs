@@ -26,6 +26,7 @@ pub struct EndpointLabels {
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
+    sync: std::sync::Mutex<()>,
     /// Requests answered, by endpoint and status.
     pub requests: Family<RequestLabels, Counter>,
     /// Requests answered with a status of 400 or more.
@@ -96,6 +97,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            sync: std::sync::Mutex::new(()),
             requests,
             errors,
             latency,
@@ -122,6 +124,13 @@ impl Metrics {
                 endpoint: endpoint.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Brings `cancelled` up to the worker's count `total`.
+    pub fn sync_cancelled(&self, total: u64) {
+        let _one_at_a_time = self.sync.lock();
+        self.cancelled
+            .inc_by(total.saturating_sub(self.cancelled.get()));
     }
 
     /// The exposition text.

@@ -9,7 +9,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -58,6 +58,7 @@ pub fn router(opts: ServeOptions, worker: Worker) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), account))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -81,20 +82,43 @@ fn endpoint(path: &str) -> &'static str {
     }
 }
 
-/// Counts every request and its latency (streams count when they end).
+/// Counts every request and its latency (streams count when they end). A request whose client left
+/// before the answer counts with code 499 (nginx's "client closed request").
 async fn account(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let endpoint = endpoint(req.uri().path());
-    s.metrics.in_flight.inc();
-    let response = next.run(req).await;
-    if response.extensions().get::<Streamed>().is_none() {
-        s.metrics.in_flight.dec();
-        s.metrics.record(
-            endpoint,
-            response.status().as_u16(),
-            start.elapsed().as_secs_f64(),
-        );
+    struct Pending {
+        state: AppState,
+        endpoint: &'static str,
+        start: Instant,
+        code: Option<u16>,
     }
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            match self.code {
+                Some(0) => {} // a stream: its guard accounts for it
+                code => {
+                    self.state.metrics.in_flight.dec();
+                    self.state.metrics.record(
+                        self.endpoint,
+                        code.unwrap_or(499),
+                        self.start.elapsed().as_secs_f64(),
+                    );
+                }
+            }
+        }
+    }
+    s.metrics.in_flight.inc();
+    let mut pending = Pending {
+        state: s.clone(),
+        endpoint: endpoint(req.uri().path()),
+        start: Instant::now(),
+        code: None,
+    };
+    let response = next.run(req).await;
+    pending.code = Some(if response.extensions().get::<Streamed>().is_some() {
+        0
+    } else {
+        response.status().as_u16()
+    });
     response
 }
 
@@ -127,16 +151,24 @@ async fn authorize(
     next.run(req).await
 }
 
-async fn health(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "model": s.opts.model_id, "queue_depth": s.worker.queue_depth()}))
+async fn health(State(s): State<AppState>) -> Response {
+    let alive = s.worker.is_alive();
+    let status = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if alive { "ok" } else { "model_stopped" },
+        "model": s.opts.model_id,
+        "queue_depth": s.worker.queue_depth(),
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
     s.metrics.queue_depth.set(s.worker.queue_depth() as i64);
-    let cancelled = s.worker.cancelled();
-    s.metrics
-        .cancelled
-        .inc_by(cancelled.saturating_sub(s.metrics.cancelled.get()));
+    s.metrics.sync_cancelled(s.worker.cancelled());
     (
         [(
             header::CONTENT_TYPE,
@@ -145,6 +177,15 @@ async fn metrics(State(s): State<AppState>) -> Response {
         s.metrics.encode(),
     )
         .into_response()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this endpoint does not take this HTTP method",
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -250,10 +291,10 @@ fn settings(
             top_k: 0,
             top_p,
             repetition_penalty: 1.0,
-            seed: p.seed.unwrap_or(n),
+            seed: p.seed.map_or(n, |s| s as u64),
         },
         stop,
-        stream: p.stream,
+        stream: p.stream.unwrap_or(false),
         include_usage: p.stream_options.as_ref().is_some_and(|o| o.include_usage),
         number: n,
     })
@@ -390,8 +431,13 @@ fn event_stream(
     let head = futures::stream::iter(
         first.map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string()))),
     );
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished_tail = finished.clone();
     let body = UnboundedReceiverStream::new(rx).flat_map(move |e| {
         let _keep = &guard;
+        if matches!(e, Event::Done { .. } | Event::Error(_)) {
+            finished.store(true, Ordering::SeqCst);
+        }
         let events: Vec<Value> = match e {
             Event::Text(t) => vec![chunk(Some(&t), None, None)],
             Event::Done {
@@ -430,10 +476,27 @@ fn event_stream(
                 .map(|v| Ok(SseEvent::default().data(v.to_string()))),
         )
     });
-    let done = futures::stream::iter([Ok(SseEvent::default().data("[DONE]"))]);
+    // An answer that ended without its last event (the model thread failed) ends with an error.
+    let tail = futures::stream::once(async move {
+        let mut events = Vec::new();
+        if !finished_tail.load(Ordering::SeqCst) {
+            let e = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "generation_failed",
+                "the model stopped before the answer was complete",
+            );
+            events.push(Ok(SseEvent::default().data(e.body().to_string())));
+        }
+        events.push(Ok(SseEvent::default().data("[DONE]")));
+        futures::stream::iter(events)
+    })
+    .flatten();
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
-        Box::pin(head.chain(body).chain(done));
-    let mut response = Sse::new(stream).into_response();
+        Box::pin(head.chain(body).chain(tail));
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
     response.extensions_mut().insert(Streamed);
     response
 }

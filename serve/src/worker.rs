@@ -5,9 +5,10 @@
 //! A job whose client went away (its event receiver dropped) is skipped, and one being answered
 //! stops at the next token, so a disconnect frees the model at once.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use anyhow::Context as _;
@@ -64,6 +65,7 @@ pub struct Worker {
     jobs: mpsc::SyncSender<Job>,
     waiting: Arc<AtomicUsize>,
     cancelled: Arc<AtomicU64>,
+    alive: Arc<AtomicBool>,
     /// The loaded model.
     pub info: ModelInfo,
 }
@@ -89,6 +91,7 @@ impl Worker {
         let (jobs, rx) = mpsc::sync_channel::<Job>(max_queue);
         let waiting = Arc::new(AtomicUsize::new(0));
         let cancelled = Arc::new(AtomicU64::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let task = Serve {
             model,
@@ -97,9 +100,18 @@ impl Worker {
             cancelled: cancelled.clone(),
             ready: ready_tx,
         };
+        let flag = alive.clone();
         std::thread::Builder::new()
             .name("lf-serve-model".into())
             .spawn(move || {
+                // The flag drops to false however the thread ends (a panic included).
+                struct Dead(Arc<AtomicBool>);
+                impl Drop for Dead {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _dead = Dead(flag);
                 let ready = task.ready.clone();
                 if let Err(e) = run_inference(device, dtype, task) {
                     let _ = ready.send(Err(e));
@@ -113,6 +125,7 @@ impl Worker {
             jobs,
             waiting,
             cancelled,
+            alive,
             info,
         })
     }
@@ -135,6 +148,11 @@ impl Worker {
     /// Jobs queued and not yet started.
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Whether the model thread still runs.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Jobs dropped or stopped because their client went away.
@@ -198,8 +216,18 @@ impl InferenceTask for Serve {
                 stop_strings: Vec::new(),
                 pad_id,
             };
-            if !answer(&model, &tokenizer, &opts, job) {
-                self.cancelled.fetch_add(1, Ordering::SeqCst);
+            // A panic in one answer (a kernel failure, say) fails that request, not the server.
+            let events = job.events.clone();
+            match catch_unwind(AssertUnwindSafe(|| answer(&model, &tokenizer, &opts, job))) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => {
+                    let _ = events.send(Event::Error(
+                        "generation failed (panicked); see the server log".into(),
+                    ));
+                }
             }
         }
     }
@@ -222,6 +250,10 @@ fn answer<B: Backend>(
         opts,
         None,
         &mut |_, tok| {
+            if job.events.is_closed() {
+                gone = true;
+                return false;
+            }
             if opts.eos_ids.contains(&tok) {
                 return true;
             }
@@ -293,10 +325,8 @@ impl<'a> TextStream<'a> {
             self.stopped = true;
             return (self.take(decoded, end), true);
         }
-        let mut end = decoded.len();
-        if decoded.ends_with('\u{FFFD}') {
-            end -= '\u{FFFD}'.len_utf8();
-        }
+        // Byte-level and byte-fallback decoders show each byte of an unfinished character as U+FFFD.
+        let mut end = decoded.trim_end_matches('\u{FFFD}').len();
         // Hold back the longest tail that begins a stop string.
         let mut hold = 0;
         for s in self.stop {
@@ -358,6 +388,20 @@ mod tests {
         // An incomplete character waits for its other bytes.
         let (pieces, _) = run(&[], &["a\u{FFFD}", "aé"]);
         assert_eq!(pieces, ["a", "é"]);
+        // Byte fallback: one U+FFFD per byte until the character is complete.
+        let (pieces, rest) = run(
+            &[],
+            &[
+                "a",
+                "a\u{FFFD}",
+                "a\u{FFFD}\u{FFFD}",
+                "a\u{FFFD}\u{FFFD}\u{FFFD}",
+                "a😀",
+                "a😀 is",
+                "a😀 is 中",
+            ],
+        );
+        assert_eq!(pieces.concat() + &rest, "a😀 is 中");
     }
 
     #[test]

@@ -230,6 +230,8 @@ fn chat_and_completions_answer_through_the_openai_client() {
             "{metrics}"
         );
         assert!(metrics.contains("lf_queue_depth 0"), "{metrics}");
+        // Only the scrape itself is in flight: finished requests, streams included, are counted out.
+        assert!(metrics.contains("lf_in_flight_requests 1"), "{metrics}");
     });
 }
 
@@ -335,9 +337,17 @@ fn malformed_requests_get_openai_errors() {
         let (got, err) = post(&f2.url("/v1/completions"), &longer.to_string(), None).await;
         assert_eq!(got, 400);
         assert_eq!(err["error"]["code"], "context_length_exceeded");
-        // Unknown paths, and the server still answers afterwards.
+        // Unknown paths and methods, in OpenAI's shape too.
         let resp = reqwest::get(f.url("/v2/nothing")).await.unwrap();
         assert_eq!(resp.status().as_u16(), 404);
+        let resp = reqwest::get(f.url("/v1/chat/completions")).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 405);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "method_not_allowed");
+        // What clients send that OpenAI accepts: `stream: null`, a negative seed, extra fields.
+        let lenient = json!({"model": MODEL, "messages": user, "max_tokens": 2, "stream": null,
+                             "seed": -5, "user": "someone", "frequency_penalty": 0});
+        assert_eq!(post(&chat, &lenient.to_string(), None).await.0, 200);
         let ok = json!({"model": MODEL, "messages": user, "max_tokens": 3}).to_string();
         assert_eq!(post(&chat, &ok, None).await.0, 200);
     });

@@ -43,6 +43,11 @@ pub struct ServeArgs {
 
 /// `lf serve`.
 pub(super) fn serve(app: &App, cli: &Cli, args: &ServeArgs) -> exit::Result {
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(Failure::usage(
+            "the API key is empty\nhint: pass a non-empty `--api-key` (or LF_API_KEY)",
+        ));
+    }
     if args.api_key.is_none() && !is_loopback(&args.host) {
         return Err(Failure::usage(format_args!(
             "`--host {}` exposes the server beyond this machine without an API key\nhint: pass `--api-key KEY` (or set LF_API_KEY), or bind 127.0.0.1",
