@@ -148,6 +148,19 @@ pub fn with_server(app: App) -> App {
     }
 }
 
+/// The id a model is served as: a step's name, or a path's folder or file name (`.gguf` dropped).
+fn model_id(arg: &str, model: &Path) -> String {
+    if !Path::new(arg).exists() {
+        return arg.to_owned();
+    }
+    let name = if model.is_file() {
+        model.file_stem()
+    } else {
+        model.file_name()
+    };
+    name.map_or_else(|| arg.to_owned(), |n| n.to_string_lossy().into_owned())
+}
+
 struct WithServer(Box<dyn Extensions>);
 
 impl Extensions for WithServer {
@@ -167,16 +180,10 @@ impl Extensions for WithServer {
         self.0.bench_names()
     }
     fn serve(&self, model: &Path, args: &ServeArgs, numerics: &Numerics) -> anyhow::Result<()> {
-        let id = args.served_model_name.clone().unwrap_or_else(|| {
-            if Path::new(&args.model).exists() {
-                model
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| args.model.clone())
-            } else {
-                args.model.clone()
-            }
-        });
+        let id = args
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| model_id(&args.model, model));
         let opts = ServeOptions {
             api_key: args.api_key.clone(),
             max_queue: args.max_queue,
@@ -197,5 +204,25 @@ impl Extensions for WithServer {
             }
         );
         server.wait()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_id;
+    use std::path::Path;
+
+    #[test]
+    fn models_are_named_after_their_step_or_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("SmolLM2.Q4_1.gguf");
+        std::fs::write(&gguf, b"").unwrap();
+        let arg = gguf.to_str().unwrap();
+        assert_eq!(model_id(arg, &gguf), "SmolLM2.Q4_1");
+        assert_eq!(
+            model_id(dir.path().to_str().unwrap(), dir.path()),
+            dir.path().file_name().unwrap().to_str().unwrap()
+        );
+        assert_eq!(model_id("dpo", Path::new("runs/quickstart/dpo")), "dpo");
     }
 }

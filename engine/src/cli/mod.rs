@@ -6,8 +6,8 @@
 //!
 //! Every command returns an [`exit::Exit`] status, the same in all of them: 0 success; 1 a step or another
 //! operation failed at run time; 2 usage: an invalid manifest, a step or benchmark name that does not exist
-//! (`--only`, `--force`, `lf preview`, `lf chat --model`), bad argument values (`--var`, a device or dtype
-//! the binary cannot use). With 2, nothing ran.
+//! (`--only`, `--force`, `lf preview`, `lf chat --model`, `lf serve --model`), bad argument values (`--var`,
+//! a device or dtype the binary cannot use). With 2, nothing ran.
 
 mod bench;
 mod cache;
