@@ -705,26 +705,12 @@ pub fn read_f32_tensors(path: &Path) -> Result<Vec<NamedTensor>> {
     names.sort();
     for name in names {
         let t = st.tensor(&name).map_err(st_err)?;
-        let raw = t.data();
-        let values: Vec<f32> = match t.dtype() {
-            StDtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StDtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StDtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "`{}`: tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16",
-                    path.display()
-                )));
-            }
+        let Some(values) = floats(t.dtype(), t.data()) else {
+            return Err(Error::Unsupported(format!(
+                "`{}`: tensor `{name}` has dtype {:?}; expected F32, F16 or BF16",
+                path.display(),
+                t.dtype()
+            )));
         };
         out.push((name, t.shape().to_vec(), values));
     }

@@ -501,6 +501,36 @@ fn event_stream(
     response
 }
 
+/// The fields every answer and chunk of one request share.
+#[derive(Clone)]
+struct Reply {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Reply {
+    fn new(s: &Shared, prefix: &str, set: &Settings) -> Self {
+        Reply {
+            id: format!("{prefix}-{}", set.number),
+            created: unix_now(),
+            model: s.opts.model_id.clone(),
+        }
+    }
+
+    /// An answer or chunk of type `object` with `choices`, and `usage` when given.
+    fn json(&self, object: &str, choices: Value, usage: Option<Usage>) -> Value {
+        let mut v = json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            v["usage"] = json!(u);
+        }
+        v
+    }
+}
+
 async fn chat_completions(
     State(s): State<AppState>,
     body: Result<Json<ChatRequest>, JsonRejection>,
@@ -534,24 +564,23 @@ async fn chat_completions(
         .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
     let ids = tokenize(&s, &prompt, false)?;
     let rx = submit(&s, ids, &set)?;
-    let id = format!("chatcmpl-{}", set.number);
-    let created = unix_now();
-    let model = s.opts.model_id.clone();
+    let reply = Reply::new(&s, "chatcmpl", &set);
     if set.stream {
-        let head = json!({
-            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}],
-        });
+        const CHUNK: &str = "chat.completion.chunk";
+        let head = reply.json(
+            CHUNK,
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            None,
+        );
         let chunk = move |text: Option<&str>, finish: Option<&str>, usage: Option<Usage>| {
             match usage {
-                Some(u) => {
-                    json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": u})
-                }
-                None => json!({
-                    "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "logprobs": null, "finish_reason": finish}],
-                }),
-            }
+            Some(u) => reply.json(CHUNK, json!([]), Some(u)),
+            None => reply.json(
+                CHUNK,
+                json!([{"index": 0, "delta": text.map_or(json!({}), |t| json!({"content": t})), "logprobs": null, "finish_reason": finish}]),
+                None,
+            ),
+        }
         };
         return Ok(event_stream(
             s.clone(),
@@ -563,11 +592,11 @@ async fn chat_completions(
         ));
     }
     let (text, finish, usage) = collect(&s, rx).await?;
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}],
-        "usage": usage,
-    }))
+    Ok(Json(reply.json(
+        "chat.completion",
+        json!([{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}]),
+        Some(usage),
+    ))
     .into_response())
 }
 
@@ -590,21 +619,14 @@ async fn completions(
     };
     let ids = tokenize(&s, &prompt, true)?;
     let rx = submit(&s, ids, &set)?;
-    let id = format!("cmpl-{}", set.number);
-    let created = unix_now();
-    let model = s.opts.model_id.clone();
+    let reply = Reply::new(&s, "cmpl", &set);
+    let choice = |text: &str, finish: Option<&str>| json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]);
     if set.stream {
-        let chunk = move |text: Option<&str>, finish: Option<&str>, usage: Option<Usage>| {
-            match usage {
-                Some(u) => {
-                    json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": u})
-                }
-                None => json!({
-                    "id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}],
-                }),
-            }
-        };
+        let chunk =
+            move |text: Option<&str>, finish: Option<&str>, usage: Option<Usage>| match usage {
+                Some(u) => reply.json("text_completion", json!([]), Some(u)),
+                None => reply.json("text_completion", choice(text.unwrap_or(""), finish), None),
+            };
         return Ok(event_stream(
             s.clone(),
             "/v1/completions",
@@ -615,10 +637,8 @@ async fn completions(
         ));
     }
     let (text, finish, usage) = collect(&s, rx).await?;
-    Ok(Json(json!({
-        "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}],
-        "usage": usage,
-    }))
-    .into_response())
+    Ok(
+        Json(reply.json("text_completion", choice(&text, Some(finish)), Some(usage)))
+            .into_response(),
+    )
 }

@@ -67,30 +67,19 @@ fn pack_scales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 
 /// Q4_K block: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`.
 pub(crate) fn dequant_q4_k_block(b: &[u8], y: &mut [f32]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let qs = &b[16..144];
-    for chunk in 0..4 {
-        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
-        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-        let q = &qs[32 * chunk..32 * chunk + 32];
-        let out = &mut y[64 * chunk..64 * chunk + 64];
-        for l in 0..32 {
-            out[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            out[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
-    }
+    dequant_affine_k_block(&b[..16], None, &b[16..144], y);
 }
 
 /// Q5_K block: `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`. Sub-block `2c`
 /// takes bit `2c` of `qh[l]` as its fifth bit, sub-block `2c + 1` bit `2c + 1`.
 pub(crate) fn dequant_q5_k_block(b: &[u8], y: &mut [f32]) {
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let scales = &b[4..16];
-    let qh = &b[16..48];
-    let qs = &b[48..176];
+    dequant_affine_k_block(&b[..16], Some(&b[16..48]), &b[48..176], y);
+}
+
+/// Q4_K and Q5_K: `header` holds `d`, `dmin` and the packed scales; `qh` the fifth bits of Q5_K.
+fn dequant_affine_k_block(header: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(header, 0), f16_at(header, 2));
+    let scales = &header[4..16];
     for chunk in 0..4 {
         let (sc1, m1) = scale_min_k4(2 * chunk, scales);
         let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
@@ -99,8 +88,12 @@ pub(crate) fn dequant_q5_k_block(b: &[u8], y: &mut [f32]) {
         let q = &qs[32 * chunk..32 * chunk + 32];
         let out = &mut y[64 * chunk..64 * chunk + 64];
         for l in 0..32 {
-            let h1 = ((qh[l] >> (2 * chunk)) & 1) << 4;
-            let h2 = ((qh[l] >> (2 * chunk + 1)) & 1) << 4;
+            let (h1, h2) = qh.map_or((0, 0), |qh| {
+                (
+                    ((qh[l] >> (2 * chunk)) & 1) << 4,
+                    ((qh[l] >> (2 * chunk + 1)) & 1) << 4,
+                )
+            });
             out[l] = d1 * ((q[l] & 0x0F) | h1) as f32 - m1;
             out[l + 32] = d2 * ((q[l] >> 4) | h2) as f32 - m2;
         }
