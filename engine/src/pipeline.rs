@@ -121,6 +121,16 @@ impl Pipeline {
             })
     }
 
+    /// The names of the steps whose artifacts step `index` reads, each once, in manifest order.
+    pub fn needs(&self, index: usize) -> Vec<&str> {
+        let mut ups: Vec<usize> = self.upstream(index).collect();
+        ups.sort_unstable();
+        ups.dedup();
+        ups.into_iter()
+            .map(|j| self.steps[j].name.as_str())
+            .collect()
+    }
+
     /// `index` and every step it depends on, transitively.
     pub fn closure(&self, index: usize) -> Vec<usize> {
         let mut seen = vec![false; self.steps.len()];

@@ -101,3 +101,87 @@ pub fn read_all(dir: &Path) -> Vec<RunRecord> {
     records.sort_by_key(|r: &RunRecord| (r.started_unix_ms, r.id.clone()));
     records
 }
+
+/// Where a step of a run in progress stands (`runs/<pipeline>/live.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveStatus {
+    /// Not started: it waits for its inputs or for a free job slot.
+    Waiting,
+    /// Running now; its artifact is being written in `out_dir`.
+    Running,
+    /// Its result was in the store.
+    Cached,
+    /// It ran and succeeded.
+    Ran,
+    /// It ran and failed.
+    Failed,
+    /// It did not run because a step it needs failed.
+    Skipped,
+}
+
+impl From<StepStatus> for LiveStatus {
+    fn from(s: StepStatus) -> Self {
+        match s {
+            StepStatus::Cached => LiveStatus::Cached,
+            StepStatus::Ran => LiveStatus::Ran,
+            StepStatus::Failed => LiveStatus::Failed,
+            StepStatus::Skipped => LiveStatus::Skipped,
+        }
+    }
+}
+
+/// One step of a run in progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveStep {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// The steps of this run whose artifacts it reads.
+    pub needs: Vec<String>,
+    /// Where it stands.
+    pub status: LiveStatus,
+    /// Why it runs (the plan's reasons until it ends, then the run's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// The staging folder its artifact is written in while it runs (training writes
+    /// `logs/metrics.jsonl` there as it goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_dir: Option<PathBuf>,
+    /// Artifact hash, once produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Hash>,
+    /// Seconds it took (0 until it ends, and when cached).
+    pub wall_s: f64,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A run as it happens, rewritten (atomically) at every change of a step's status: what `lf ui` shows
+/// live. `finished` is set by its last write; a file left unfinished by a process that is gone is an
+/// interrupted run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveRun {
+    /// The run's id (as in its [`RunRecord`]).
+    pub id: String,
+    /// The `lf` process running it.
+    pub pid: u32,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The manifest path.
+    pub manifest: PathBuf,
+    /// Start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u128,
+    /// Whether the run has ended.
+    pub finished: bool,
+    /// Whether every step succeeded (once finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    /// The planned steps, in plan order.
+    pub steps: Vec<LiveStep>,
+}
+
+/// The name of the live file in `runs/<pipeline>/`.
+pub const LIVE_FILE: &str = "live.json";

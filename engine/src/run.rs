@@ -17,7 +17,7 @@ use crate::numerics::Numerics;
 use crate::pipeline::{InputSource, Pipeline};
 use crate::plan::{self, DAMAGED, Plan, PlanOptions, Status, cache_key, explain, input_hashes};
 use crate::progress::Progress;
-use crate::record::{RunRecord, StepRecord, StepStatus};
+use crate::record::{LIVE_FILE, LiveRun, LiveStatus, LiveStep, RunRecord, StepRecord, StepStatus};
 use crate::step::StepContext;
 
 /// Options of `lf run`.
@@ -55,6 +55,14 @@ enum Done {
     },
 }
 
+/// What a step's thread reports to the executor.
+enum Msg {
+    /// It started running; its artifact is being written in this staging folder.
+    Staged(PathBuf),
+    /// It ended.
+    Done(Done),
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum State {
     Waiting,
@@ -87,9 +95,11 @@ pub fn execute(
     let mut outputs: BTreeMap<usize, Hash> = BTreeMap::new();
     let selected = |i: usize| plan.steps[i].is_some();
     let jobs = options.jobs.max(1);
+    let id = format!("{started_unix_ms}-{}", std::process::id());
+    let mut live = Live::new(pipeline, plan, &options.runs_dir, &id, started_unix_ms);
 
     std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::channel::<(usize, Done)>();
+        let (tx, rx) = mpsc::channel::<(usize, Msg)>();
         let mut running = 0usize;
         loop {
             // Start every ready step, within the bound.
@@ -112,10 +122,9 @@ pub fn execute(
                         .find(|&&j| !outputs.contains_key(&j))
                         .map(|&j| pipeline.steps[j].name.clone())
                         .unwrap_or_default();
-                    records.insert(
-                        i,
-                        skipped(pipeline, i, &format!("`{blocker}` did not succeed")),
-                    );
+                    let record = skipped(pipeline, i, &format!("`{blocker}` did not succeed"));
+                    live.finished(i, &record);
+                    records.insert(i, record);
                     continue;
                 }
                 if !ups.iter().all(|j| outputs.contains_key(j)) {
@@ -128,14 +137,32 @@ pub fn execute(
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move || {
-                    let done = run_step(pipeline, store, plan, options, i, &inputs, &input_paths);
-                    let _ = tx.send((i, done));
+                    let staged = |dir: PathBuf| {
+                        let _ = tx.send((i, Msg::Staged(dir)));
+                    };
+                    let done = run_step(
+                        pipeline,
+                        store,
+                        plan,
+                        options,
+                        i,
+                        &inputs,
+                        &input_paths,
+                        &staged,
+                    );
+                    let _ = tx.send((i, Msg::Done(done)));
                 });
             }
             if running == 0 {
                 break;
             }
-            let (i, done) = rx.recv().expect("a worker reports before exiting");
+            let (i, done) = match rx.recv().expect("a worker reports before exiting") {
+                (i, Msg::Staged(dir)) => {
+                    live.running(i, dir);
+                    continue;
+                }
+                (i, Msg::Done(done)) => (i, done),
+            };
             running -= 1;
             state[i] = State::Finished;
             let step = &pipeline.steps[i];
@@ -198,6 +225,7 @@ pub fn execute(
                     }
                 }
             };
+            live.finished(i, &record);
             records.insert(i, record);
         }
         Ok(())
@@ -215,8 +243,9 @@ pub fn execute(
     let ok = steps
         .iter()
         .all(|s| matches!(s.status, StepStatus::Cached | StepStatus::Ran));
+    live.end(&steps, ok);
     let record = RunRecord {
-        id: format!("{started_unix_ms}-{}", std::process::id()),
+        id,
         pipeline: pipeline.name.clone(),
         manifest: pipeline.path.clone(),
         started_unix_ms,
@@ -252,7 +281,117 @@ fn skipped(pipeline: &Pipeline, i: usize, why: &str) -> StepRecord {
     }
 }
 
-/// Runs (or finds in the store) one step whose inputs are all available.
+/// The run as it happens, written to `runs/<pipeline>/live.json` at every change (best effort: a run
+/// that cannot write it still runs).
+struct Live {
+    run: LiveRun,
+    /// Position in `run.steps` of each pipeline step that is planned.
+    position: BTreeMap<usize, usize>,
+    path: PathBuf,
+    warned: bool,
+}
+
+impl Live {
+    fn new(pipeline: &Pipeline, plan: &Plan, runs_dir: &Path, id: &str, started: u128) -> Live {
+        let mut position = BTreeMap::new();
+        let steps = plan
+            .order
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| {
+                position.insert(i, pos);
+                let step = &pipeline.steps[i];
+                LiveStep {
+                    name: step.name.clone(),
+                    kind: step.kind.kind().into(),
+                    needs: pipeline.needs(i).into_iter().map(String::from).collect(),
+                    status: LiveStatus::Waiting,
+                    reasons: plan.steps[i]
+                        .as_ref()
+                        .map(|p| p.reasons.clone())
+                        .unwrap_or_default(),
+                    out_dir: None,
+                    artifact: None,
+                    wall_s: 0.0,
+                    error: None,
+                }
+            })
+            .collect();
+        let mut live = Live {
+            run: LiveRun {
+                id: id.to_string(),
+                pid: std::process::id(),
+                pipeline: pipeline.name.clone(),
+                manifest: pipeline.path.clone(),
+                started_unix_ms: started,
+                finished: false,
+                ok: None,
+                steps,
+            },
+            position,
+            path: runs_dir.join(&pipeline.name).join(LIVE_FILE),
+            warned: false,
+        };
+        live.write();
+        live
+    }
+
+    fn step(&mut self, i: usize) -> Option<&mut LiveStep> {
+        let pos = *self.position.get(&i)?;
+        self.run.steps.get_mut(pos)
+    }
+
+    fn running(&mut self, i: usize, out_dir: PathBuf) {
+        if let Some(s) = self.step(i) {
+            s.status = LiveStatus::Running;
+            s.out_dir = Some(out_dir);
+        }
+        self.write();
+    }
+
+    fn finished(&mut self, i: usize, record: &StepRecord) {
+        if let Some(s) = self.step(i) {
+            s.status = record.status.into();
+            s.out_dir = None;
+            s.artifact = record.artifact;
+            s.wall_s = record.wall_s;
+            s.error = record.error.clone();
+            if !record.reasons.is_empty() {
+                s.reasons = record.reasons.clone();
+            }
+        }
+        self.write();
+    }
+
+    fn end(&mut self, steps: &[StepRecord], ok: bool) {
+        for (s, r) in self.run.steps.iter_mut().zip(steps) {
+            if s.status == LiveStatus::Waiting {
+                s.status = r.status.into();
+                s.reasons = r.reasons.clone();
+            }
+        }
+        self.run.finished = true;
+        self.run.ok = Some(ok);
+        self.write();
+    }
+
+    fn write(&mut self) {
+        let result = std::fs::create_dir_all(self.path.parent().unwrap_or(Path::new(".")))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(serde_json::to_vec_pretty(&self.run)?))
+            .and_then(|bytes| Ok(lf_cache::write_atomic(&self.path, &bytes)?));
+        if let Err(e) = result
+            && !self.warned
+        {
+            self.warned = true;
+            warn!("cannot write `{}`: {e:#}", self.path.display());
+        }
+    }
+}
+
+/// Runs (or finds in the store) one step whose inputs are all available; `staged` hears of the
+/// staging folder when the step starts running.
+#[allow(clippy::too_many_arguments)]
 fn run_step(
     pipeline: &Pipeline,
     store: &Store,
@@ -261,6 +400,7 @@ fn run_step(
     i: usize,
     inputs: &BTreeMap<String, Hash>,
     input_paths: &BTreeMap<String, PathBuf>,
+    staged: &dyn Fn(PathBuf),
 ) -> Done {
     let step = &pipeline.steps[i];
     let _span = info_span!("step", step = %step.name, kind = step.kind.kind()).entered();
@@ -376,6 +516,7 @@ fn run_step(
         Ok(s) => s,
         Err(e) => return fail(Some(key.hash), format!("{e:#}")),
     };
+    staged(staging.path().to_path_buf());
     if options.log_steps {
         eprintln!("   running {} ({})", step.name, step.kind.kind());
     }

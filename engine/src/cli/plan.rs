@@ -130,6 +130,7 @@ pub(super) fn print_plan(
                 serde_json::json!({
                     "name": pipeline.steps[i].name,
                     "kind": pipeline.steps[i].kind.kind(),
+                    "needs": pipeline.needs(i),
                     "status": p.status,
                     "key": p.key.as_ref().map(|k| k.hash.hex()),
                     "key_json": if verbose >= 2 { p.key.as_ref().map(|k| k.json.clone()) } else { None },
