@@ -98,7 +98,7 @@ pub fn execute(
     let id = format!("{started_unix_ms}-{}", std::process::id());
     let mut live = Live::new(pipeline, plan, &options.runs_dir, &id, started_unix_ms);
 
-    std::thread::scope(|scope| -> anyhow::Result<()> {
+    let scoped = std::thread::scope(|scope| -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<(usize, Msg)>();
         let mut running = 0usize;
         loop {
@@ -229,7 +229,11 @@ pub fn execute(
             records.insert(i, record);
         }
         Ok(())
-    })?;
+    });
+    if let Err(e) = scoped {
+        live.abort();
+        return Err(e);
+    }
 
     let steps: Vec<StepRecord> = plan
         .order
@@ -243,7 +247,6 @@ pub fn execute(
     let ok = steps
         .iter()
         .all(|s| matches!(s.status, StepStatus::Cached | StepStatus::Ran));
-    live.end(&steps, ok);
     let record = RunRecord {
         id,
         pipeline: pipeline.name.clone(),
@@ -255,14 +258,19 @@ pub fn execute(
         steps,
     };
     let bytes = serde_json::to_vec_pretty(&record)?;
-    lf_cache::write_atomic(
+    let written = lf_cache::write_atomic(
         &store.runs_dir().join(format!("{}.json", record.id)),
         &bytes,
-    )?;
-    lf_cache::write_atomic(
-        &options.runs_dir.join(&pipeline.name).join("run.json"),
-        &bytes,
-    )?;
+    )
+    .and_then(|()| {
+        lf_cache::write_atomic(
+            &options.runs_dir.join(&pipeline.name).join("run.json"),
+            &bytes,
+        )
+    });
+    // The live record ends last: whoever sees it finished finds the run records written.
+    live.end(&record.steps, ok);
+    written?;
     Ok(record)
 }
 
@@ -372,6 +380,13 @@ impl Live {
         }
         self.run.finished = true;
         self.run.ok = Some(ok);
+        self.write();
+    }
+
+    /// The run stopped on an error of its own (not a step's): finished, not ok.
+    fn abort(&mut self) {
+        self.run.finished = true;
+        self.run.ok = Some(false);
         self.write();
     }
 

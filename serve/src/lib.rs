@@ -15,13 +15,14 @@
 pub mod api;
 mod metrics;
 mod routes;
+pub mod ui;
 pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use lf_engine::cli::{App, BenchArgs, ChatArgs, Extensions, ServeArgs};
+use lf_engine::cli::{App, BenchArgs, ChatArgs, Extensions, ServeArgs, UiArgs, UiContext};
 use lf_engine::numerics::{Backends, Numerics};
 use lf_model::backend::{Device, Dtype};
 use serde_json::Value as Json;
@@ -76,12 +77,18 @@ impl Server {
     pub fn start(opts: ServeOptions, addr: &str) -> anyhow::Result<Server> {
         let worker =
             worker::Worker::spawn(opts.model.clone(), opts.device, opts.dtype, opts.max_queue)?;
+        Server::bind(addr, |_| routes::router(opts, worker))
+    }
+
+    /// Binds `addr` and serves the routes `app` makes for the bound address in the background until
+    /// [`Server::stop`] (or drop).
+    fn bind(addr: &str, app: impl FnOnce(SocketAddr) -> axum::Router) -> anyhow::Result<Server> {
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let app = app(addr);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = routes::router(opts, worker);
         let thread = std::thread::Builder::new()
             .name("lf-serve-http".into())
             .spawn(move || -> anyhow::Result<()> {
@@ -199,6 +206,34 @@ impl Extensions for WithServer {
             server.addr,
             if args.api_key.is_some() {
                 ", key required"
+            } else {
+                ""
+            }
+        );
+        server.wait()
+    }
+    fn ui(&self, args: &UiArgs, context: &UiContext) -> anyhow::Result<()> {
+        let opts = ui::UiOptions {
+            dir: args.dir.clone(),
+            store: context.store.clone(),
+            runs_dir: context.runs_dir.clone(),
+            offline: context.offline,
+            quickstart: context.quickstart,
+            token: args.token.clone(),
+            lf: std::env::current_exe().context("cannot find the lf executable")?,
+            device: context.numerics.device,
+            dtype: context.numerics.dtype,
+        };
+        let server = ui::start(opts, &format!("{}:{}", args.host, args.port))?;
+        let host = match server.addr {
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        };
+        eprintln!(
+            "lf ui at http://{host}:{}/{}; Ctrl-C stops",
+            server.addr.port(),
+            if args.token.is_some() {
+                "?token=…"
             } else {
                 ""
             }

@@ -14,3 +14,4 @@ mod sandbox;
 mod schema;
 mod shape;
 mod train;
+mod ui;

@@ -7,7 +7,8 @@
 //! Every command returns an [`exit::Exit`] status, the same in all of them: 0 success; 1 a step or another
 //! operation failed at run time; 2 usage: an invalid manifest, a step or benchmark name that does not exist
 //! (`--only`, `--force`, `lf preview`, `lf chat --model`, `lf serve --model`), bad argument values (`--var`,
-//! a device or dtype the binary cannot use). With 2, nothing ran.
+//! a device or dtype the binary cannot use, a non-loopback `lf serve`/`lf ui` without a key or token).
+//! With 2, nothing ran.
 
 mod bench;
 mod cache;
@@ -19,6 +20,7 @@ mod preview;
 mod run;
 mod schema;
 mod serve;
+mod ui;
 mod validate;
 
 use std::io::IsTerminal;
@@ -33,6 +35,7 @@ use serde_json::Value as Json;
 pub use bench::BenchArgs;
 pub use chat::ChatArgs;
 pub use serve::ServeArgs;
+pub use ui::{UiArgs, UiContext};
 
 use cache::CacheCommand;
 use plan::PlanArgs;
@@ -72,6 +75,11 @@ pub trait Extensions: Send + Sync {
     fn serve(&self, model: &Path, args: &ServeArgs, numerics: &Numerics) -> anyhow::Result<()> {
         let _ = (model, args, numerics);
         anyhow::bail!("this lf binary was built without the server")
+    }
+    /// `lf ui`: serves the dashboard until interrupted.
+    fn ui(&self, args: &UiArgs, context: &UiContext) -> anyhow::Result<()> {
+        let _ = (args, context);
+        anyhow::bail!("this lf binary was built without the dashboard")
     }
 }
 
@@ -127,6 +135,8 @@ enum Command {
     Chat(ChatArgs),
     /// Serve a model behind an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// A web dashboard: pipelines, runs with live loss curves, data preview, chat, exports.
+    Ui(UiArgs),
     /// Show the first rows of a dataset step as the model will see them.
     Preview(PreviewArgs),
     /// Measure speed (not a test: prints numbers).
@@ -186,6 +196,7 @@ fn dispatch(app: &App, cli: &Cli) -> exit::Result {
         Command::Cache(cmd) => cache::cache(cli, cmd),
         Command::Chat(args) => chat::chat(app, cli, args),
         Command::Serve(args) => serve::serve(app, cli, args),
+        Command::Ui(args) => ui::ui(app, cli, args),
         Command::Preview(args) => preview::preview(app, cli, args, color),
         Command::Bench(args) => bench::bench(app, args),
     }

@@ -65,7 +65,7 @@ pub(super) fn serve(app: &App, cli: &Cli, args: &ServeArgs) -> exit::Result {
 }
 
 /// Whether `host` names this machine only.
-fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
