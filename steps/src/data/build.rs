@@ -18,7 +18,7 @@ use super::artifact::{
 use super::chat::{ChatTemplate, builtin};
 use super::encode::{Dropped, Encoded, Encoder, Flags, IGNORE, Outcome, Settings};
 use super::error::{DataError, Origin, list};
-use super::files::{Row, Several, find, read_rows};
+use super::files::{FileKind, Row, Several, find, read_rows, read_text_lines};
 use super::format::{Layout, Sample, dataset_info_entry, resolve};
 use super::pack::{Key, Table, blocks, hash_order, key_of, pack, split, val_count};
 use super::tokenizer::ModelTokenizer;
@@ -472,7 +472,12 @@ fn load_dataset(
         if max.is_some_and(|m| rows.len() >= m) {
             break;
         }
-        rows.extend(read_rows(f)?);
+        // A text file a `dataset_info.json` names is read as LLaMA-Factory reads it: a row per line.
+        if d.dataset_info.is_some() && f.kind == FileKind::Text {
+            rows.extend(read_text_lines(f)?);
+        } else {
+            rows.extend(read_rows(f)?);
+        }
     }
     if let Some(m) = max {
         rows.truncate(m);
@@ -913,6 +918,27 @@ mod tests {
         assert_eq!(info.sources[1].format, "sharegpt");
         let e = fails(json!({"datasets": [{"source": "lf_data", "dataset_info": "hub_demo"}]}));
         assert!(e.contains("is remote (`hf_hub_url`)"), "{e}");
+        let e = fails(json!({"datasets": [{"source": "lf_data", "dataset_info": "kto_demo"}]}));
+        assert!(e.contains("has `kto_tag`"), "{e}");
+    }
+
+    /// LLaMA-Factory's `wiki_demo`: a `.txt` file with `columns: {prompt: text}`, one example per line.
+    #[test]
+    fn text_files_of_dataset_info_have_a_row_per_line() {
+        let (out, info) = run(json!({
+            "stage": "pt",
+            "datasets": [{"source": "lf_data", "dataset_info": "lines_demo"}],
+            "cutoff_len": 64,
+        }));
+        assert_eq!(info.rows, 3, "blank lines are left out");
+        assert_eq!(info.sources[0].files, vec!["lf_data/lines.txt"]);
+        let ds = TokenizedDataset::open(out.path(), Split::Train).unwrap();
+        let Example::Single(s) = ds.example(0) else {
+            panic!()
+        };
+        // Three documents, each ended by EOS.
+        let eos = info.eos_id.unwrap();
+        assert_eq!(s.input_ids.iter().filter(|&&t| t == eos).count(), 3);
     }
 
     #[test]

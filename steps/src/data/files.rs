@@ -328,6 +328,21 @@ pub fn read_rows(file: &DataFile) -> Result<Vec<Row>, DataError> {
     }
 }
 
+/// Reads a text file as LLaMA-Factory reads the ones its `dataset_info.json` names (the `datasets`
+/// library's `text` builder): one row `{"text": LINE}` per line; blank lines are left out.
+pub fn read_text_lines(file: &DataFile) -> Result<Vec<Row>, DataError> {
+    Ok(file
+        .text()?
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| Row {
+            origin: file.origin(Pos::Line(i + 1)),
+            value: serde_json::json!({ "text": line }),
+        })
+        .collect())
+}
+
 /// The documents of a text: paragraphs separated by blank lines, each with its first line number.
 pub fn documents(text: &str) -> Vec<(usize, &str)> {
     let mut docs = Vec::new();

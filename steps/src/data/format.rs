@@ -751,6 +751,13 @@ pub fn dataset_info_entry(path: &Path, label: &str, name: &str) -> Result<InfoEn
         }
     };
     let cols = strings("columns")?;
+    if cols.contains_key("kto_tag") {
+        return Err(DataError::row_hint(
+            &at,
+            "has `kto_tag`: KTO data (replies marked desirable or not) needs a KTO stage, which lf does not have yet",
+            "to fine-tune on it, keep the desirable rows in a file of your own and name it as `source`",
+        ));
+    }
     for media in ["images", "videos", "audios"] {
         if cols.contains_key(media) {
             return Err(DataError::row(
