@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod diag;
+pub mod import;
 pub mod lockfile;
 pub mod numerics;
 pub mod pipeline;

@@ -9,6 +9,7 @@ mod diagnostics;
 mod export_evaluate;
 mod fuzz;
 mod hub;
+mod import;
 mod quickstart;
 mod sandbox;
 mod schema;

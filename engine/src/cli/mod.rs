@@ -14,6 +14,7 @@ mod bench;
 mod cache;
 mod chat;
 mod exit;
+mod import;
 mod manifest;
 mod plan;
 mod preview;
@@ -38,6 +39,7 @@ pub use serve::ServeArgs;
 pub use ui::{UiArgs, UiContext};
 
 use cache::CacheCommand;
+use import::ImportArgs;
 use plan::PlanArgs;
 use preview::PreviewArgs;
 use run::RunArgs;
@@ -141,6 +143,8 @@ enum Command {
     Preview(PreviewArgs),
     /// Measure speed (not a test: prints numbers).
     Bench(BenchArgs),
+    /// Turn another tool's config into an lf manifest (LLaMA-Factory's YAML).
+    Import(ImportArgs),
 }
 
 /// Entry point of the `lf` binary.
@@ -199,6 +203,7 @@ fn dispatch(app: &App, cli: &Cli) -> exit::Result {
         Command::Ui(args) => ui::ui(app, cli, args),
         Command::Preview(args) => preview::preview(app, cli, args, color),
         Command::Bench(args) => bench::bench(app, args),
+        Command::Import(args) => import::import(args),
     }
 }
 
