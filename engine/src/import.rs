@@ -69,11 +69,13 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("infer_backend", "lf generates with its own engine"),
 ];
 
-/// Converts a LLaMA-Factory config; `name` is the pipeline's name, `local` says whether a
+/// Converts a LLaMA-Factory config; `name` is the pipeline's name (made a valid one), `file` what the
+/// manifest will be called (for the commands its comments show), `local` whether a
 /// `model_name_or_path` is a local folder (else a hub id). An error says why it cannot be.
 pub fn llamafactory(
     text: &str,
     name: &str,
+    file: &str,
     local: impl Fn(&str) -> bool,
 ) -> Result<Imported, String> {
     let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
@@ -97,7 +99,19 @@ pub fn llamafactory(
         ));
     }
     out.step(model_step, "download", source);
-    let stage = c.string("stage");
+    if c.map.contains_key("adapter_name_or_path") {
+        return Err(
+            "`adapter_name_or_path`: lf loads LoRA adapters from its own training steps (with their base); import the config that trained the adapter and chat with, serve or export that step"
+                .into(),
+        );
+    }
+    // LLaMA-Factory's default stage is `sft`: a config that names data trains.
+    let stage = c.string("stage").or_else(|| {
+        c.map
+            .get("dataset")
+            .is_some_and(|v| !v.is_null())
+            .then(|| "sft".to_string())
+    });
     let kind = match stage.as_deref() {
         Some("pt") => Some("pretrain"),
         Some("sft") => Some("sft"),
@@ -126,21 +140,22 @@ pub fn llamafactory(
                     .into(),
             );
         }
-        if !c.map.contains_key("dataset") {
-            return Err("`dataset` is missing: a training config names its data".into());
-        }
-        c.adapter_unmapped();
-        train(&mut c, &mut out, kind, model_step);
+        train(&mut c, &mut out, kind, model_step)?;
     } else if c.map.contains_key("export_dir") {
-        export(&mut c, &mut out, model_step);
+        export(&mut c, &mut out, model_step)?;
     } else {
         let step = model_step;
         out.comment(&format!(
-            "A chat or API config: `lf chat -f {name}.yaml --model {step}`, or `lf serve -f {name}.yaml --model {step}`."
+            "A chat or API config: `lf chat -f {file} --model {step}`, or `lf serve -f {file} --model {step}`."
         ));
-        c.adapter_unmapped();
-        c.take("template");
-        c.take("default_system");
+        for (key, why) in [
+            ("template", "lf chats with the model's own chat template"),
+            ("default_system", "`lf chat --system`"),
+        ] {
+            if let Some(v) = c.take(key) {
+                c.notes.push(format!("{key}: {} ({why})", inline(&v)));
+            }
+        }
     }
     for (key, why) in NOT_NEEDED {
         if let Some(v) = c.take(key) {
@@ -161,9 +176,42 @@ pub fn llamafactory(
     rest.sort();
     c.notes.extend(rest);
     Ok(Imported {
-        manifest: out.text(name, &c.notes),
+        manifest: out.text(&pipeline_name(name), &c.notes),
         unmapped: c.notes,
     })
+}
+
+/// `name` as a pipeline name: letters, digits, `-` and `_` (others become `-`), at most 64.
+fn pipeline_name(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "imported".into()
+    } else {
+        clean
+    }
+}
+
+/// A LLaMA-Factory list argument: a YAML list, or a comma-separated string (its `split_arg`).
+fn names(v: Option<Value>) -> Vec<String> {
+    match v {
+        Some(Value::Sequence(items)) => items.iter().map(inline).collect(),
+        Some(v) => inline(&v).split(',').map(str::to_string).collect(),
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|x| x.trim().to_string())
+    .filter(|x| !x.is_empty())
+    .collect()
 }
 
 /// What a model path becomes: a hub repository or a local path.
@@ -176,7 +224,7 @@ fn model_source(model: &str, local: bool) -> Vec<(String, String)> {
     }
 }
 
-fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
+fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) -> Result<(), String> {
     let stage = match kind {
         "pretrain" => "pt",
         "rm" | "dpo" => "rm",
@@ -185,6 +233,12 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
     // `REMOTE:org/name`: a hub dataset repository holding the `dataset_info.json`; else a folder
     // (`./`: never a step's name).
     let dir = c.string("dataset_dir").unwrap_or_else(|| "data".into());
+    if dir == "ONLINE" {
+        return Err(
+            "`dataset_dir: ONLINE` names hub datasets: fetch each with a `download` step (repo_type: dataset) and name it as `source`"
+                .into(),
+        );
+    }
     let dir = if let Some(repo) = dir.strip_prefix("REMOTE:") {
         out.step(
             "dataset-dir",
@@ -201,35 +255,32 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
         format!("./{dir}")
     };
     let max_samples = c.take("max_samples");
-    let probs: Vec<String> = c
-        .string("interleave_probs")
-        .map(|p| p.split(',').map(|x| x.trim().to_string()).collect())
-        .unwrap_or_default();
-    let names: Vec<String> = c
-        .string("dataset")
-        .map(|d| {
-            d.split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect()
+    let datasets = names(c.take("dataset"));
+    if datasets.is_empty() {
+        return Err("`dataset` is missing: a training config names its data".into());
+    }
+    let probs = names(c.take("interleave_probs"))
+        .iter()
+        .map(|p| {
+            p.parse::<f64>()
+                .map_err(|_| format!("`interleave_probs`: `{p}` is not a number"))
         })
-        .unwrap_or_default();
+        .collect::<Result<Vec<f64>, String>>()?;
     let mut data = vec![
         ("model".to_string(), model.to_string()),
         ("stage".to_string(), stage.to_string()),
+        // LLaMA-Factory cuts a row longer than `cutoff_len`; lf's default drops it.
+        ("truncation".to_string(), "cut".to_string()),
     ];
     if let Some(t) = c.string("template") {
-        let (name, note) = template(&t);
-        if let Some(note) = note {
-            c.notes.push(note);
-        }
-        if stage != "pt" {
-            data.push(("template".into(), name.into()));
+        if stage == "pt" {
+            c.notes
+                .push(format!("template: {t} (pretraining uses none)"));
+        } else {
+            c.notes.push(template_note(&t));
             // LLaMA-Factory's `*_nothink` templates are the model's own with thinking off.
             if t.ends_with("_nothink") {
                 data.push(("template_vars".into(), "{enable_thinking: false}".into()));
-                c.notes
-                    .push(format!("template: {t} (with enable_thinking: false)"));
             }
         }
     }
@@ -245,16 +296,26 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
             data.push((lf_key.into(), scalar(&v)));
         }
     }
-    if let Some(mix) = c.string("mix_strategy") {
-        match mix.as_str() {
-            "concat" => {}
-            "interleave_under" => data.push(("mix".into(), "interleave".into())),
-            "interleave_over" => data.push(("mix".into(), "interleave_all".into())),
-            other => c.notes.push(format!("mix_strategy: {other} (unknown)")),
+    let mix = c.string("mix_strategy").unwrap_or_else(|| "concat".into());
+    match mix.as_str() {
+        "concat" => {}
+        "interleave_under" => data.push(("mix".into(), "interleave".into())),
+        "interleave_over" => data.push(("mix".into(), "interleave_all".into())),
+        other => {
+            return Err(format!(
+                "`mix_strategy: {other}` is not one LLaMA-Factory has"
+            ));
         }
     }
+    if !probs.is_empty() && (mix == "concat" || probs.len() != datasets.len()) {
+        return Err(format!(
+            "`interleave_probs` needs an interleaving `mix_strategy` and one probability per dataset ({} datasets, {} probabilities)",
+            datasets.len(),
+            probs.len()
+        ));
+    }
     let dir_value = scalar(&Value::String(dir));
-    let entries: Vec<String> = names
+    let entries: Vec<String> = datasets
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -266,7 +327,7 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
                 let _ = write!(e, ", max_samples: {}", scalar(m));
             }
             if let Some(p) = probs.get(i) {
-                let _ = write!(e, ", probability: {p}");
+                let _ = write!(e, ", probability: {}", scalar(&Value::from(*p)));
             }
             e.push('}');
             e
@@ -299,12 +360,15 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
         ("model".to_string(), model.to_string()),
         ("dataset".to_string(), "train-data".to_string()),
     ];
+    // LLaMA-Factory's default is `lora` for every stage (lf's `pretrain` defaults to `full`).
     match c.string("finetuning_type").as_deref() {
         Some(f @ ("lora" | "full" | "freeze")) => t.push(("finetuning_type".into(), f.into())),
-        Some(other) => c.notes.push(format!(
-            "finetuning_type: {other} (lf trains full, freeze or lora; lora used)"
-        )),
-        None => {}
+        Some(other) => {
+            return Err(format!(
+                "`finetuning_type: {other}`: lf trains `full`, `freeze` or `lora`"
+            ));
+        }
+        None => t.push(("finetuning_type".into(), "lora".into())),
     }
     let mut lora = Vec::new();
     if let Some(v) = c.take("lora_rank") {
@@ -316,8 +380,9 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
     if let Some(v) = c.take("lora_dropout") {
         lora.push(format!("dropout: {}", scalar(&v)));
     }
-    if let Some(v) = c.string("lora_target") {
-        lora.push(format!("target: {}", list(&v)));
+    let target = names(c.take("lora_target"));
+    if !target.is_empty() {
+        lora.push(format!("target: {}", list(&target)));
     }
     if let Some(v) = c.take("use_rslora") {
         lora.push(format!("rslora: {}", scalar(&v)));
@@ -329,11 +394,13 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
     if let Some(v) = c.take("freeze_trainable_layers") {
         freeze.push(format!("trainable_layers: {}", scalar(&v)));
     }
-    if let Some(v) = c.string("freeze_trainable_modules") {
-        freeze.push(format!("trainable_modules: {}", list(&v)));
+    let modules = names(c.take("freeze_trainable_modules"));
+    if !modules.is_empty() {
+        freeze.push(format!("trainable_modules: {}", list(&modules)));
     }
-    if let Some(v) = c.string("freeze_extra_modules") {
-        freeze.push(format!("extra_modules: {}", list(&v)));
+    let extra = names(c.take("freeze_extra_modules"));
+    if !extra.is_empty() {
+        freeze.push(format!("extra_modules: {}", list(&extra)));
     }
     if !freeze.is_empty() {
         t.push(("freeze".into(), format!("{{{}}}", freeze.join(", "))));
@@ -390,26 +457,23 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) {
         }
     }
     out.step(kind, kind, t);
+    Ok(())
 }
 
-fn export(c: &mut Config, out: &mut Manifest, model: &str) {
+fn export(c: &mut Config, out: &mut Manifest, model: &str) -> Result<(), String> {
     let mut e = vec![("model".to_string(), model.to_string())];
-    if let Some(adapter) = c.take("adapter_name_or_path") {
-        c.notes.push(format!(
-            "adapter_name_or_path: {} (export the lf step that trained it: `model: <its step>`)",
-            inline(&adapter)
-        ));
-    }
     if let Some(t) = c.string("template") {
-        let (name, note) = template(&t);
-        if let Some(note) = note {
-            c.notes.push(note);
-        }
-        e.push(("template".into(), name.into()));
+        c.notes.push(template_note(&t));
     }
     if let Some(size) = c.take("export_size") {
         // LLaMA-Factory's `export_size` is the shard size in GB.
-        e.push(("max_shard_size".into(), format!("{}GB", inline(&size))));
+        let gb = size.as_u64().ok_or_else(|| {
+            format!(
+                "`export_size: {}` is not a whole number of GB",
+                inline(&size)
+            )
+        })?;
+        e.push(("max_shard_size".into(), format!("{gb}GB")));
     }
     for key in [
         "export_dir",
@@ -434,72 +498,81 @@ fn export(c: &mut Config, out: &mut Manifest, model: &str) {
             "export_quantization_nsamples",
             "export_quantization_maxlen",
         ] {
-            c.take(key);
+            if let Some(v) = c.take(key) {
+                c.notes.push(format!(
+                    "{key}: {} (with export_quantization_bit)",
+                    inline(&v)
+                ));
+            }
         }
     }
     out.step("export", "export", e);
+    Ok(())
 }
 
-/// An lf template for a LLaMA-Factory one, and a note when it is not the same thing.
-fn template(t: &str) -> (&'static str, Option<String>) {
-    match t {
-        "llama3" => ("llama3", None),
-        "llama2" => ("llama2", None),
-        "mistral" => ("mistral", None),
-        "default" => ("default", None),
-        "empty" => ("empty", None),
-        "qwen" | "chatml" => ("chatml", None),
-        other => (
-            "auto",
-            Some(format!(
-                "template: {other} (auto: the model's own chat template, as its tokenizer_config.json has it)"
-            )),
-        ),
-    }
+/// The note for a LLaMA-Factory template: lf renders with the model's own chat template
+/// (`template: auto`, the default), since LLaMA-Factory's templates differ from lf's built-in ones of
+/// the same names (default system prompts, spacing, tool formats).
+fn template_note(t: &str) -> String {
+    let thinking = if t.ends_with("_nothink") {
+        "; `template_vars: {enable_thinking: false}` for its no-thinking form"
+    } else {
+        ""
+    };
+    format!("template: {t} (the model's own chat template is used{thinking})")
 }
 
-/// A comma-separated LLaMA-Factory list as a YAML flow list.
-fn list(v: &str) -> String {
-    let items: Vec<String> = v
-        .split(',')
-        .map(|x| x.trim())
-        .filter(|x| !x.is_empty())
-        .map(|x| scalar(&Value::String(x.into())))
+/// Names as a YAML flow list.
+fn list(items: &[String]) -> String {
+    let items: Vec<String> = items
+        .iter()
+        .map(|x| scalar(&Value::String(x.clone())))
         .collect();
     format!("[{}]", items.join(", "))
 }
 
-/// A YAML scalar as it would be written in flow context.
+/// A value as YAML in flow context: a string plain when it reads back as the same string, else
+/// quoted; lists and mappings as JSON (which YAML reads).
 fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => {
             let plain = !s.is_empty()
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
-                && !matches!(
-                    s.as_str(),
-                    "true" | "false" | "null" | "yes" | "no" | "on" | "off"
-                )
-                && s.parse::<f64>().is_err();
+                && !s.starts_with(['-', '.'])
+                && serde_yaml::from_str::<Value>(s).is_ok_and(|back| back == *v);
             if plain {
                 s.clone()
             } else {
                 serde_json::to_string(s).unwrap_or_default()
             }
         }
+        Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => serde_json::to_value(v)
+            .map(|j| j.to_string())
+            .unwrap_or_else(|_| "null".into()),
         other => inline(other),
     }
 }
 
-/// Any value on one line.
+/// Any value on one line, for comments and messages.
 fn inline(v: &Value) -> String {
-    match v {
+    let text = match v {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .replace('\n', " "),
-    }
+        other => serde_json::to_value(other)
+            .map(|j| j.to_string())
+            .unwrap_or_default(),
+    };
+    one_line(&text)
+}
+
+/// `text` with every line break made a space (a comment line must stay one line).
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}' => ' ',
+            c => c,
+        })
+        .collect()
 }
 
 struct Config {
@@ -518,15 +591,6 @@ impl Config {
             Value::String(s) => s,
             other => inline(&other),
         })
-    }
-
-    fn adapter_unmapped(&mut self) {
-        if let Some(a) = self.take("adapter_name_or_path") {
-            self.notes.push(format!(
-                "adapter_name_or_path: {} (use the lf step that trained it as `model`)",
-                inline(&a)
-            ));
-        }
     }
 }
 
@@ -552,12 +616,12 @@ impl Manifest {
         let mut s =
             String::from("# Imported from a LLaMA-Factory config by `lf import llamafactory`.\n");
         for c in &self.comments {
-            let _ = writeln!(s, "# {c}");
+            let _ = writeln!(s, "# {}", one_line(c));
         }
         if !notes.is_empty() {
             s.push_str("# Not mapped:\n");
             for n in notes {
-                let _ = writeln!(s, "#   {n}");
+                let _ = writeln!(s, "#   {}", one_line(n));
             }
         }
         let _ = writeln!(s, "name: {}\nsteps:", scalar(&Value::String(name.into())));
@@ -602,12 +666,13 @@ bf16: true
 max_steps: -1
 mystery_key: 7
 ";
-        let got = llamafactory(config, "qwen-sft", |_| false).unwrap();
+        let got = llamafactory(config, "qwen-sft", "q.yaml", |_| false).unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&got.manifest).unwrap();
         let steps = &doc["steps"];
         assert_eq!(steps["model"]["repo"], "Qwen/Qwen2.5-0.5B-Instruct");
         let data = &steps["train-data"];
-        assert_eq!(data["template"], "chatml");
+        assert!(data.get("template").is_none(), "the model's own template");
+        assert_eq!(data["truncation"], "cut");
         assert_eq!(data["datasets"][1]["dataset_info"], "alpaca_en_demo");
         assert_eq!(data["datasets"][1]["source"], "./data");
         assert_eq!(data["datasets"][0]["max_samples"], 1000);
@@ -636,10 +701,122 @@ mystery_key: 7
     fn stages_lf_lacks_are_refused() {
         for stage in ["ppo", "kto", "nope"] {
             let config = format!("model_name_or_path: a/b\nstage: {stage}\n");
-            assert!(llamafactory(&config, "x", |_| false).is_err(), "{stage}");
+            assert!(
+                llamafactory(&config, "x", "x.yaml", |_| false).is_err(),
+                "{stage}"
+            );
         }
-        assert!(llamafactory("- a list", "x", |_| false).is_err());
-        let e = llamafactory("stage: sft\n", "x", |_| false).err().unwrap();
+        assert!(llamafactory("- a list", "x", "x.yaml", |_| false).is_err());
+        let e = llamafactory("stage: sft\n", "x", "x.yaml", |_| false)
+            .err()
+            .unwrap();
         assert!(e.contains("model_name_or_path"), "{e}");
+    }
+
+    /// Converts `config`, checks the manifest is YAML whose only top-level keys are `name` and
+    /// `steps` (nothing escaped a comment), and returns it parsed.
+    fn converted(config: &str) -> serde_yaml::Value {
+        let got = llamafactory(config, "odd name.v2", "m.yaml", |_| false)
+            .unwrap_or_else(|e| panic!("{e}\n{config}"));
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&got.manifest).unwrap_or_else(|e| panic!("{e}\n{}", got.manifest));
+        let keys: Vec<&str> = doc
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["name", "steps"], "{}", got.manifest);
+        assert_eq!(doc["name"], "odd-name-v2");
+        doc
+    }
+
+    #[test]
+    fn odd_values_stay_values_and_comments_stay_comments() {
+        let doc = converted(
+            "model_name_or_path: \"org/m\"
+stage: pt
+dataset: [wiki, \"c4: part #2\"]
+dataset_dir: \"REMOTE:org/data\"
+mix_strategy: interleave_under
+interleave_probs: [0.25, 0.75]
+max_samples: 100
+lora_target: [q_proj, v_proj]
+cutoff_len: 128
+seed: \"-1\"
+warmup_steps: null
+output_dir: \"x\\nallow_outside: [/]\\r\\u2028y: 1\"
+weird: {nested: [1, 2]}
+",
+        );
+        let steps = &doc["steps"];
+        assert_eq!(steps["dataset-dir"]["repo"], "org/data");
+        assert_eq!(steps["dataset-dir"]["repo_type"], "dataset");
+        let data = &steps["train-data"];
+        assert_eq!(data["datasets"][1]["dataset_info"], "c4: part #2");
+        assert_eq!(data["datasets"][1]["source"], "dataset-dir");
+        assert_eq!(data["datasets"][1]["probability"], 0.75);
+        assert_eq!(data["mix"], "interleave");
+        assert_eq!(
+            steps["pretrain"]["finetuning_type"], "lora",
+            "LLaMA-Factory's default"
+        );
+        assert_eq!(steps["pretrain"]["lora"]["target"][1], "v_proj");
+        assert_eq!(steps["pretrain"]["seed"], "-1", "a string stays a string");
+    }
+
+    #[test]
+    fn thinking_off_templates_and_list_arguments() {
+        let doc = converted(
+            "model_name_or_path: org/m\nstage: dpo\ndataset: a , b\ntemplate: qwen3_nothink\npref_beta: 0.2\n",
+        );
+        let data = &doc["steps"]["train-data"];
+        assert_eq!(data["template_vars"]["enable_thinking"], false);
+        assert_eq!(data["stage"], "rm");
+        assert_eq!(data["datasets"][1]["dataset_info"], "b");
+        assert_eq!(doc["steps"]["dpo"]["pref_beta"], 0.2);
+    }
+
+    #[test]
+    fn configs_lf_cannot_honour_are_refused_with_the_reason() {
+        for (config, says) in [
+            (
+                "model_name_or_path: a/b\nstage: kto\ndataset: d\n",
+                "no KTO stage",
+            ),
+            (
+                "model_name_or_path: a/b\nadapter_name_or_path: saves/x\nexport_dir: out\n",
+                "adapter_name_or_path",
+            ),
+            (
+                "model_name_or_path: a/b\nstage: sft\ndataset: d\ndataset_dir: ONLINE\n",
+                "ONLINE",
+            ),
+            (
+                "model_name_or_path: a/b\nstage: sft\ndataset: null\n",
+                "`dataset` is missing",
+            ),
+            (
+                "model_name_or_path: a/b\nstage: sft\ndataset: a,b\ninterleave_probs: 0.5,0.5\n",
+                "interleave_probs",
+            ),
+            (
+                "model_name_or_path: a/b\nstage: sft\ndataset: a\nfinetuning_type: oft\n",
+                "oft",
+            ),
+            (
+                "model_name_or_path: a/b\nstage: sft\ndataset: a\ndo_predict: true\n",
+                "do_predict",
+            ),
+            (
+                "model_name_or_path: a/b\nexport_dir: o\nexport_size: 1.5\n",
+                "export_size",
+            ),
+        ] {
+            let e = llamafactory(config, "x", "x.yaml", |_| false)
+                .err()
+                .unwrap_or_else(|| panic!("{config}"));
+            assert!(e.contains(says), "{config}: {e}");
+        }
     }
 }

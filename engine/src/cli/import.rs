@@ -39,9 +39,15 @@ pub(super) fn import(args: &ImportArgs) -> exit::Result {
             .map(|s| s.to_string_lossy().replace('_', "-"))
             .unwrap_or_else(|| "imported".into())
     });
-    let dir = args.config.parent().map(PathBuf::from).unwrap_or_default();
-    let imported = crate::import::llamafactory(&text, &name, |m| dir.join(m).exists())
-        .map_err(|e| Failure::usage(format_args!("`{}`: {e}", args.config.display())))?;
+    let file = args
+        .output
+        .as_ref()
+        .map_or("MANIFEST".to_string(), |o| o.display().to_string());
+    // LLaMA-Factory resolves `model_name_or_path` and `dataset_dir` from the current folder, and so
+    // does the manifest when it is written there.
+    let imported =
+        crate::import::llamafactory(&text, &name, &file, |m| std::path::Path::new(m).exists())
+            .map_err(|e| Failure::usage(format_args!("`{}`: {e}", args.config.display())))?;
     match &args.output {
         Some(path) => {
             std::fs::write(path, &imported.manifest)?;

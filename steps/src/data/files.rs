@@ -329,7 +329,8 @@ pub fn read_rows(file: &DataFile) -> Result<Vec<Row>, DataError> {
 }
 
 /// Reads a text file as LLaMA-Factory reads the ones its `dataset_info.json` names (the `datasets`
-/// library's `text` builder): one row `{"text": LINE}` per line; blank lines are left out.
+/// library's `text` builder): one row `{"text": LINE}` per line. Blank lines are left out (there they
+/// become empty documents).
 pub fn read_text_lines(file: &DataFile) -> Result<Vec<Row>, DataError> {
     Ok(file
         .text()?
