@@ -620,6 +620,24 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
         .unwrap();
     assert!(answer.contains("Nova"), "the model answered {answer:?}");
     screenshot(c, "chat").await;
+    // The panel's settings reach the server: one out of range comes back as its error.
+    let max = c.find(Locator::Id("chat-max-tokens")).await.unwrap();
+    max.clear().await.unwrap();
+    max.send_keys("0").await.unwrap();
+    c.find(Locator::Id("chat-input"))
+        .await
+        .unwrap()
+        .send_keys("And you?")
+        .await
+        .unwrap();
+    c.find(Locator::Id("chat-send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = wait_for_text(c, ".msg.assistant.error", 60, |t| !t.is_empty()).await;
+    assert!(refused.contains("max_tokens"), "{refused}");
 }
 
 /// The status each step card shows, read in one go (the page redraws cards as the run goes).

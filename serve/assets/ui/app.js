@@ -532,6 +532,21 @@ async function loadModel() {
   } catch (e) { $("chat-status").textContent = e.message; }
 }
 
+/// The chat request: the conversation (after the system prompt, if one is set) and the sampling
+/// settings of the panel.
+function chatRequest() {
+  const system = $("chat-system").value.trim();
+  const number = (id, fallback) => { const v = Number($(id).value); return Number.isFinite(v) && $(id).value !== "" ? v : fallback; };
+  return {
+    model: board.chatModel,
+    messages: (system ? [{ role: "system", content: system }] : []).concat(board.chatHistory),
+    stream: true,
+    temperature: number("chat-temperature", 0),
+    top_p: number("chat-top-p", 1),
+    max_tokens: Math.round(number("chat-max-tokens", 128)),
+  };
+}
+
 async function sendChat(ev) {
   ev.preventDefault();
   const text = $("chat-input").value.trim();
@@ -546,7 +561,7 @@ async function sendChat(ev) {
     const r = await fetch("/api/chat/v1/chat/completions", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model: board.chatModel, messages: board.chatHistory, stream: true, max_tokens: 128, temperature: 0 }),
+      body: JSON.stringify(chatRequest()),
     });
     if (!r.ok) {
       const e = await r.json().catch(() => ({}));
