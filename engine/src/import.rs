@@ -333,10 +333,6 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) -> Result<
             e
         })
         .collect();
-    if entries.is_empty() {
-        c.notes
-            .push("dataset: missing; name the data in `datasets`".into());
-    }
     data.push((
         "datasets".into(),
         format!(

@@ -467,12 +467,7 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     assert!(command.starts_with("lf run --var name=Nova"), "{command}");
     screenshot(c, "run-form").await;
 
-    c.find(Locator::Id("start"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Id("start")).await;
     wait_attr(c, "#job-state", "data-state", 30, |s| s == "running").await;
     // Statuses change as the run goes: pretraining runs, after steps that ran.
     wait_attr(c, ".step[data-step=pretrain]", "data-status", 300, |s| {
@@ -481,12 +476,7 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     .await;
     assert_eq!(statuses(c).await["tokenizer"], "ran");
     // The loss chart gains points while the step runs.
-    c.find(Locator::Css(".tabs button[data-tab=curves]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=curves]")).await;
     let first: usize = wait_attr(c, ".chart[data-step=pretrain]", "data-points", 300, |n| {
         n != "0"
     })
@@ -511,12 +501,7 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     screenshot(c, "curves").await;
 
     // The run ends; every step ran.
-    c.find(Locator::Css(".tabs button[data-tab=run]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=run]")).await;
     wait_attr(c, "#run-badge", "data-status", 900, |s| {
         s == "finished" || s == "failed"
     })
@@ -534,30 +519,15 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     screenshot(c, "run").await;
 
     // Evaluation side by side, the data as the model sees it, the export's files.
-    c.find(Locator::Css(".tabs button[data-tab=eval]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=eval]")).await;
     let header = wait_for_text(c, "table.eval", 30, |t| t.contains("dpo")).await;
     assert!(
         header.contains("pretrain") && header.contains("perplexity.perplexity"),
         "{header}"
     );
     screenshot(c, "evaluation").await;
-    c.find(Locator::Css(".tabs button[data-tab=data]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#data-step option[value=identity-data]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=data]")).await;
+    click(c, Locator::Css("#data-step option[value=identity-data]")).await;
     let sample = wait_for_text(c, "#preview-samples", 30, |t| t.contains("Nova")).await;
     assert!(!sample.is_empty());
     assert!(
@@ -568,12 +538,7 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
         "the prompt is marked as not trained"
     );
     screenshot(c, "data").await;
-    c.find(Locator::Css(".tabs button[data-tab=export]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=export]")).await;
     let link = c
         .wait()
         .at_most(Duration::from_secs(30))
@@ -586,37 +551,12 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     assert_eq!(body, p.read("runs/quickstart/export/Modelfile"));
 
     // Chat with the DPO model: it learned the name given in the form.
-    c.find(Locator::Css(".tabs button[data-tab=chat]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Css("#chat-model option[value=dpo]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::Id("chat-load"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, Locator::Css(".tabs button[data-tab=chat]")).await;
+    click(c, Locator::Css("#chat-model option[value=dpo]")).await;
+    click(c, Locator::Id("chat-load")).await;
     wait_attr(c, "#chat-status", "data-model", 120, |m| m == "dpo").await;
-    c.find(Locator::Id("chat-input"))
-        .await
-        .unwrap()
-        .send_keys("Who are you?")
-        .await
-        .unwrap();
-    c.find(Locator::Id("chat-send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, Locator::Id("chat-input"), "Who are you?").await;
+    click(c, Locator::Id("chat-send")).await;
     wait_attr(c, ".msg.assistant", "data-done", 120, |d| d == "true").await;
     let answer = c
         .find(Locator::Css(".msg.assistant"))
@@ -631,20 +571,18 @@ async fn scenario(c: &Client, addr: &str, p: &Project) {
     let max = c.find(Locator::Id("chat-max-tokens")).await.unwrap();
     max.clear().await.unwrap();
     max.send_keys("0").await.unwrap();
-    c.find(Locator::Id("chat-input"))
-        .await
-        .unwrap()
-        .send_keys("And you?")
-        .await
-        .unwrap();
-    c.find(Locator::Id("chat-send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, Locator::Id("chat-input"), "And you?").await;
+    click(c, Locator::Id("chat-send")).await;
     let refused = wait_for_text(c, ".msg.assistant.error", 60, |t| !t.is_empty()).await;
     assert!(refused.contains("max_tokens"), "{refused}");
+}
+
+async fn click(c: &Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
+async fn type_into(c: &Client, at: Locator<'_>, text: &str) {
+    c.find(at).await.unwrap().send_keys(text).await.unwrap();
 }
 
 /// The status each step card shows, read in one go (the page redraws cards as the run goes).

@@ -41,19 +41,58 @@ pub struct ServeArgs {
     pub device: Device,
 }
 
+/// The secret a server started by `lf` is guarded with, as its messages name it.
+pub(super) struct Secret {
+    /// "API key".
+    pub name: &'static str,
+    /// "an" or "a".
+    pub article: &'static str,
+    /// "--api-key".
+    pub flag: &'static str,
+    /// "KEY".
+    pub metavar: &'static str,
+    /// "LF_API_KEY".
+    pub env: &'static str,
+    /// What binding elsewhere exposes: "the server".
+    pub exposes: &'static str,
+}
+
+impl Secret {
+    /// Refuses an empty secret, and a non-loopback `host` without one.
+    pub(super) fn check(&self, host: &str, value: Option<&str>) -> Result<(), Failure> {
+        let Secret {
+            name,
+            article,
+            flag,
+            metavar,
+            env,
+            exposes,
+        } = self;
+        if value.is_some_and(|k| k.trim().is_empty()) {
+            return Err(Failure::usage(format_args!(
+                "the {name} is empty\nhint: pass a non-empty `{flag}` (or {env})"
+            )));
+        }
+        if value.is_none() && !is_loopback(host) {
+            return Err(Failure::usage(format_args!(
+                "`--host {host}` exposes {exposes} beyond this machine without {article} {name}\nhint: pass `{flag} {metavar}` (or set {env}), or bind 127.0.0.1"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `lf serve`.
 pub(super) fn serve(app: &App, cli: &Cli, args: &ServeArgs) -> exit::Result {
-    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-        return Err(Failure::usage(
-            "the API key is empty\nhint: pass a non-empty `--api-key` (or LF_API_KEY)",
-        ));
+    Secret {
+        name: "API key",
+        article: "an",
+        flag: "--api-key",
+        metavar: "KEY",
+        env: "LF_API_KEY",
+        exposes: "the server",
     }
-    if args.api_key.is_none() && !is_loopback(&args.host) {
-        return Err(Failure::usage(format_args!(
-            "`--host {}` exposes the server beyond this machine without an API key\nhint: pass `--api-key KEY` (or set LF_API_KEY), or bind 127.0.0.1",
-            args.host
-        )));
-    }
+    .check(&args.host, args.api_key.as_deref())?;
     let model = super::chat::resolve_model(app, cli, &args.model, args.file.as_deref())?;
     let numerics = app
         .extensions
@@ -65,7 +104,7 @@ pub(super) fn serve(app: &App, cli: &Cli, args: &ServeArgs) -> exit::Result {
 }
 
 /// Whether `host` names this machine only.
-pub(super) fn is_loopback(host: &str) -> bool {
+fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
             .parse::<std::net::IpAddr>()

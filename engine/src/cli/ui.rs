@@ -7,7 +7,7 @@ use clap::Args;
 use lf_schemas::{Device, Dtype};
 
 use super::exit::{self, Exit, Failure};
-use super::serve::is_loopback;
+use super::serve::Secret;
 use super::{App, Cli, offline};
 
 /// Arguments of `lf ui`.
@@ -48,17 +48,15 @@ pub struct UiContext {
 
 /// `lf ui`.
 pub(super) fn ui(app: &App, cli: &Cli, args: &UiArgs) -> exit::Result {
-    if args.token.as_deref().is_some_and(|k| k.trim().is_empty()) {
-        return Err(Failure::usage(
-            "the token is empty\nhint: pass a non-empty `--token` (or LF_UI_TOKEN)",
-        ));
+    Secret {
+        name: "token",
+        article: "a",
+        flag: "--token",
+        metavar: "TOKEN",
+        env: "LF_UI_TOKEN",
+        exposes: "the dashboard (which starts runs)",
     }
-    if args.token.is_none() && !is_loopback(&args.host) {
-        return Err(Failure::usage(format_args!(
-            "`--host {}` exposes the dashboard (which starts runs) beyond this machine without a token\nhint: pass `--token TOKEN` (or set LF_UI_TOKEN), or bind 127.0.0.1",
-            args.host
-        )));
-    }
+    .check(&args.host, args.token.as_deref())?;
     if !args.dir.is_dir() {
         return Err(Failure::usage(format_args!(
             "`--dir {}` is not a folder",

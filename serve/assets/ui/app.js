@@ -392,19 +392,25 @@ function fillSelect(sel, names, onchange, preferLast) {
   if (onchange) { sel.onchange = onchange; onchange(); }
 }
 
-async function renderEvals(names) {
-  const box = $("evals");
-  if (!names.length) { box.replaceChildren(el("p", { class: "hint", text: "This pipeline has no evaluate step." })); return; }
+/// Each named step's artifact in `box`, drawn by `draw`; `none` when the pipeline has no such step,
+/// `notYet` for a step without an artifact.
+async function renderArtifacts(box, names, none, notYet, draw) {
+  if (!names.length) { box.replaceChildren(el("p", { class: "hint", text: none })); return; }
   const pipeline = board.current.name;
   const parts = [];
   for (const name of names) {
     parts.push(el("h3", { text: name }));
     try {
       const a = await api(`/api/artifacts/${enc(pipeline)}/${enc(name)}`);
-      parts.push(evalTable(a.results));
-    } catch (e) { parts.push(el("p", { class: "hint", text: "Not evaluated yet." })); }
+      parts.push(draw(pipeline, name, a));
+    } catch (e) { parts.push(el("p", { class: "hint", text: notYet })); }
   }
   if (still(pipeline)) box.replaceChildren(...parts);
+}
+
+function renderEvals(names) {
+  renderArtifacts($("evals"), names, "This pipeline has no evaluate step.", "Not evaluated yet.",
+    (_, __, a) => evalTable(a.results));
 }
 
 /// One row per metric, one column per model (what `report.md` shows), best of each row in bold.
@@ -433,19 +439,9 @@ function evalTable(results) {
   return t;
 }
 
-async function renderExports(names) {
-  const box = $("exports");
-  if (!names.length) { box.replaceChildren(el("p", { class: "hint", text: "This pipeline has no export step." })); return; }
-  const pipeline = board.current.name;
-  const parts = [];
-  for (const name of names) {
-    parts.push(el("h3", { text: name }));
-    try {
-      const a = await api(`/api/artifacts/${enc(pipeline)}/${enc(name)}`);
-      parts.push(filesTable(pipeline, name, a.files, 1000));
-    } catch (e) { parts.push(el("p", { class: "hint", text: "Not exported yet." })); }
-  }
-  if (still(pipeline)) box.replaceChildren(...parts);
+function renderExports(names) {
+  renderArtifacts($("exports"), names, "This pipeline has no export step.", "Not exported yet.",
+    (pipeline, name, a) => filesTable(pipeline, name, a.files, 1000));
 }
 
 async function loadPreview() {

@@ -207,7 +207,8 @@ pub fn display(args: &[String]) -> String {
     line
 }
 
-/// A `Command` for `lf ARGS` in the dashboard's folder, without colour.
+/// A `Command` for `lf ARGS` in the dashboard's folder, without colour. The store and runs folder
+/// come from `ARGS` alone ([`argv`] names them whenever `LF_STORE` / `LF_RUNS_DIR` is set).
 pub fn command(opts: &UiOptions, args: &[String]) -> Command {
     let mut cmd = Command::new(&opts.lf);
     cmd.args(args)
@@ -217,12 +218,6 @@ pub fn command(opts: &UiOptions, args: &[String]) -> Command {
         .env_remove("LF_RUNS_DIR")
         .env_remove("LF_UI_TOKEN")
         .stdin(std::process::Stdio::null());
-    if std::env::var_os("LF_STORE").is_some() {
-        cmd.env("LF_STORE", &opts.store);
-    }
-    if std::env::var_os("LF_RUNS_DIR").is_some() {
-        cmd.env("LF_RUNS_DIR", &opts.runs_dir);
-    }
     cmd
 }
 
