@@ -117,7 +117,8 @@ pub fn llamafactory(
         Some("sft") => Some("sft"),
         Some("rm") => Some("rm"),
         Some("dpo") => Some("dpo"),
-        Some(other @ ("ppo" | "kto")) => {
+        Some("kto") => Some("kto"),
+        Some(other @ "ppo") => {
             return Err(format!(
                 "`stage: {other}`: lf has no {} stage yet",
                 other.to_uppercase()
@@ -228,6 +229,7 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) -> Result<
     let stage = match kind {
         "pretrain" => "pt",
         "rm" | "dpo" => "rm",
+        "kto" => "kto",
         _ => "sft",
     };
     // `REMOTE:org/name`: a hub dataset repository holding the `dataset_info.json`; else a folder
@@ -439,17 +441,25 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) -> Result<
             t.push((lf_key.into(), scalar(&v)));
         }
     }
-    if kind == "dpo" {
-        for key in [
+    let own: &[&str] = match kind {
+        "dpo" => &[
             "pref_beta",
             "pref_loss",
             "pref_ftx",
             "simpo_gamma",
             "dpo_label_smoothing",
-        ] {
-            if let Some(v) = c.take(key) {
-                t.push((key.into(), scalar(&v)));
-            }
+        ],
+        "kto" => &[
+            "pref_beta",
+            "pref_ftx",
+            "kto_chosen_weight",
+            "kto_rejected_weight",
+        ],
+        _ => &[],
+    };
+    for key in own {
+        if let Some(v) = c.take(key) {
+            t.push(((*key).into(), scalar(&v)));
         }
     }
     out.step(kind, kind, t);
@@ -695,7 +705,7 @@ mystery_key: 7
 
     #[test]
     fn stages_lf_lacks_are_refused() {
-        for stage in ["ppo", "kto", "nope"] {
+        for stage in ["ppo", "nope"] {
             let config = format!("model_name_or_path: a/b\nstage: {stage}\n");
             assert!(
                 llamafactory(&config, "x", "x.yaml", |_| false).is_err(),
@@ -774,11 +784,23 @@ weird: {nested: [1, 2]}
     }
 
     #[test]
+    fn kto_configs_become_kto_steps_on_kto_data() {
+        let doc = converted(
+            "model_name_or_path: org/m\nstage: kto\ndataset: kto_en_demo\npref_beta: 0.2\nkto_rejected_weight: 1.5\n",
+        );
+        assert_eq!(doc["steps"]["train-data"]["stage"], "kto");
+        let kto = &doc["steps"]["kto"];
+        assert_eq!(kto["kind"], "kto");
+        assert_eq!(kto["pref_beta"], 0.2);
+        assert_eq!(kto["kto_rejected_weight"], 1.5);
+    }
+
+    #[test]
     fn configs_lf_cannot_honour_are_refused_with_the_reason() {
         for (config, says) in [
             (
-                "model_name_or_path: a/b\nstage: kto\ndataset: d\n",
-                "no KTO stage",
+                "model_name_or_path: a/b\nstage: ppo\ndataset: d\n",
+                "no PPO stage",
             ),
             (
                 "model_name_or_path: a/b\nadapter_name_or_path: saves/x\nexport_dir: out\n",

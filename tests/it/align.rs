@@ -313,3 +313,94 @@ fn rm_on_conversations_is_refused_before_training() {
         run.stderr
     );
 }
+
+#[test]
+fn kto_trains_on_unpaired_preferences_and_refuses_pair_data() {
+    let p = Project::new();
+    p.write(
+        "p.yaml",
+        &manifest(
+            r#"  feedback:
+    kind: dataset
+    model: base
+    datasets: [{source: prefs}]
+    stage: kto
+    cutoff_len: 160
+    val_size: 4
+  kto:
+    kind: kto
+    model: base
+    dataset: feedback
+    kto_rejected_weight: 1.2
+    max_steps: 3
+    batch_size: 4
+    learning_rate: 1.0e-3
+    logging_steps: 1
+"#,
+        ),
+    );
+    let run = p.lf(&["run", "p.yaml", "--json"]);
+    ok(&run);
+    // The data: each preference pair became a desirable and an undesirable row.
+    let info: Json = serde_json::from_str(&p.read("runs/align-test/feedback/info.json")).unwrap();
+    assert_eq!(info["stage"], "kto");
+    assert_eq!(info["rows"], 140, "70 pairs, unpaired");
+    // A LoRA adapter (the default) and TRL's KTO metrics per logged step.
+    let kto = p.path().join("runs/align-test/kto");
+    assert!(kto.join("adapter_model.safetensors").is_file());
+    let lines = metrics(&p, "kto");
+    for key in ["loss", "kl", "fraction/chosen"] {
+        assert!(lines[0].get(key).is_some(), "no `{key}` in {}", lines[0]);
+    }
+    // A mean over the desirable (undesirable) rows is logged where a step had some.
+    for key in ["rewards/chosen", "rewards/rejected", "logps/chosen"] {
+        assert!(
+            lines.iter().any(|l| l.get(key).is_some()),
+            "no `{key}` in {lines:?}"
+        );
+    }
+    assert!(lines.last().unwrap().get("eval_kl").is_some(), "{lines:?}");
+    // The policy starts as its reference: every log-ratio and the KL estimate are 0, so each
+    // example's loss is λ·(1 − σ(0)): the mean of 0.5 and 0.6 weighted by the batch's tags.
+    let state: Json =
+        serde_json::from_str(&p.read("runs/align-test/kto/trainer_state.json")).unwrap();
+    assert_eq!(state["stage"], "kto");
+    let first = &state["log_history"][0];
+    let share = first["fraction/chosen"].as_f64().unwrap();
+    let want = 0.5 * share + 0.6 * (1.0 - share);
+    let got = first["loss"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    assert_eq!(first["kl"], 0.0);
+
+    // `dpo` on KTO data, and `kto` on pairs, are refused before they run.
+    p.write(
+        "p.yaml",
+        &manifest(
+            r#"  feedback:
+    kind: dataset
+    model: base
+    datasets: [{source: prefs}]
+    stage: kto
+    cutoff_len: 160
+    val_size: 4
+  kto:
+    kind: kto
+    model: base
+    dataset: pairs
+  dpo:
+    kind: dpo
+    model: base
+    dataset: feedback
+"#,
+        ),
+    );
+    let bad = p.lf(&["run", "p.yaml"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    for needle in ["set `stage: kto`", "set `stage: rm`"] {
+        assert!(
+            bad.stderr.contains(needle),
+            "no {needle:?} in:\n{}",
+            bad.stderr
+        );
+    }
+}

@@ -29,10 +29,16 @@ fn a_llamafactory_training_config_imports_and_trains() {
     p.write("base.yaml", BASE);
     ok(&p.lf(&["run", "base.yaml"]));
     // LLaMA-Factory's layout: the config, and data/ with its dataset_info.json.
-    for f in ["dataset_info.json", "qa.json", "chat.json", "pref.json"] {
+    for f in [
+        "dataset_info.json",
+        "qa.json",
+        "chat.json",
+        "pref.json",
+        "kto.json",
+    ] {
         p.write(&format!("data/{f}"), &fixture(&format!("data/lf_data/{f}")));
     }
-    for f in ["lora_sft.yaml", "merge.yaml", "kto.yaml"] {
+    for f in ["lora_sft.yaml", "merge.yaml", "kto.yaml", "ppo.yaml"] {
         p.write(f, &fixture(&format!("llamafactory/{f}")));
     }
 
@@ -74,7 +80,15 @@ fn a_llamafactory_training_config_imports_and_trains() {
             .join("runs/merge/export/model.safetensors")
             .is_file()
     );
-    let kto = p.lf(&["import", "llamafactory", "kto.yaml"]);
-    assert_eq!(kto.code, 2, "{}", kto.stderr);
-    assert!(kto.stderr.contains("no KTO stage"), "{}", kto.stderr);
+    // A KTO config trains on LLaMA-Factory's `kto_tag` data; a PPO config is refused, saying why.
+    ok(&p.lf(&["import", "llamafactory", "kto.yaml", "-o", "kto.lf.yaml"]));
+    let run = p.lf(&["run", "kto.lf.yaml", "--json"]);
+    ok(&run);
+    assert_eq!(run.status_of("kto"), "ran");
+    let metrics = p.read("runs/kto/kto/logs/metrics.jsonl");
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert!(first["kl"].is_number(), "{first}");
+    let ppo = p.lf(&["import", "llamafactory", "ppo.yaml"]);
+    assert_eq!(ppo.code, 2, "{}", ppo.stderr);
+    assert!(ppo.stderr.contains("no PPO stage"), "{}", ppo.stderr);
 }

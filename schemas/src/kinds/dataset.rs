@@ -39,8 +39,9 @@ pub struct DatasetParams {
     /// The data, concatenated (or interleaved, see `mix`) in this order.
     pub datasets: Vec<DatasetSource>,
     /// What the data is for: `sft` (default; conversations, trained on the replies), `pt` (plain text,
-    /// concatenated and cut into `cutoff_len` blocks) or `rm` (preference pairs, for reward models and
-    /// DPO).
+    /// concatenated and cut into `cutoff_len` blocks), `rm` (preference pairs, for reward models and
+    /// DPO) or `kto` (single replies marked desirable or not by a `kto_tag` column, for `kto`;
+    /// preference pairs are unpaired into one desirable and one undesirable row).
     #[serde(default)]
     pub stage: Stage,
     /// The chat template: `auto` (default; the model's own `chat_template`) or a built-in one:
@@ -167,6 +168,10 @@ pub struct Columns {
     /// text: the text (default `text`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// `stage: kto`: whether the row's last reply is desirable, a boolean (default `kto_tag`;
+    /// LLaMA-Factory's `columns.kto_tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kto_tag: Option<String>,
 }
 
 impl Columns {
@@ -221,6 +226,8 @@ pub enum Stage {
     Sft,
     /// Pairwise: chosen and rejected replies to one prompt (reward modelling, DPO).
     Rm,
+    /// Unpaired feedback: one reply per prompt, marked desirable or undesirable (KTO).
+    Kto,
 }
 
 impl Stage {
@@ -230,6 +237,7 @@ impl Stage {
             Stage::Pt => "pt",
             Stage::Sft => "sft",
             Stage::Rm => "rm",
+            Stage::Kto => "kto",
         }
     }
 }

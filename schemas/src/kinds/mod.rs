@@ -18,7 +18,7 @@ pub use export::ExportParams;
 pub use model::ModelParams;
 pub use template::TemplateParams;
 pub use tokenizer::TokenizerParams;
-pub use train::{DpoParams, TrainParams};
+pub use train::{DpoParams, KtoParams, TrainParams};
 
 /// Parameters of `pretrain` (the same as `sft`'s; only the dataset stage and the default
 /// `finetuning_type` differ).

@@ -1,5 +1,6 @@
-//! The parameters every training kind (`pretrain`, `sft`, `rm`, `dpo`) shares: what to train, how to
-//! optimise, how often to log, evaluate and checkpoint; and those of preference optimisation (`dpo`).
+//! The parameters every training kind (`pretrain`, `sft`, `rm`, `dpo`, `kto`) shares: what to train,
+//! how to optimise, how often to log, evaluate and checkpoint; and those of preference optimisation
+//! (`dpo`) and KTO (`kto`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,17 +14,17 @@ macro_rules! with_train_fields {
     ($callback:ident ! { $($args:tt)* }) => {
         $callback! { $($args)* ; fields {
     /// The model to train: a step whose artifact is a model (a `download`, `model`, `pretrain`,
-    /// `sft`, `rm` or `dpo` step), or a local folder or `.gguf` file. A Hugging Face folder, a
+    /// `sft`, `rm`, `dpo` or `kto` step), or a local folder or `.gguf` file. A Hugging Face folder, a
     /// folder with one `.gguf` file (dequantised to f32; under LoRA its quantised projections stay
     /// in their blocks), or a LoRA artifact (its adapter is merged into its base first).
     pub model: String,
     /// The tokenized data: a `dataset` step, prepared with this model's tokenizer (`stage: pt` for
-    /// `pretrain`, `stage: sft` for `sft`, `stage: rm` for `rm` and `dpo`). Its validation split,
-    /// if any, is evaluated.
+    /// `pretrain`, `stage: sft` for `sft`, `stage: rm` for `rm` and `dpo`, `stage: kto` for `kto`).
+    /// Its validation split, if any, is evaluated.
     pub dataset: String,
     /// What is trained: `full` (every weight), `freeze` (the last layers only, see `freeze`) or
     /// `lora` (low-rank adapters beside the frozen weights, see `lora`). Default: `full` for
-    /// `pretrain`, `lora` for `sft`, `rm` and `dpo`.
+    /// `pretrain`, `lora` for `sft`, `rm`, `dpo` and `kto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finetuning_type: Option<FinetuningType>,
     /// Settings of `finetuning_type: freeze`.
@@ -185,6 +186,37 @@ with_train_fields!(train_params_struct! {
         /// SimPO's target margin γ (`simpo` only). Default 0.5.
         #[serde(default = "default_simpo_gamma")]
         pub simpo_gamma: f64,
+    }
+});
+
+with_train_fields!(train_params_struct! {
+    /// KTO (Kahneman-Tversky optimisation) on unpaired feedback: single replies marked desirable or
+    /// undesirable (a `dataset` step with `stage: kto`), against a frozen reference model. The
+    /// training settings are those of `sft`; `batch_size` counts examples.
+    ///
+    /// The reference point of the loss is a KL estimate from mismatched pairs (each prompt with
+    /// another example's reply), made per micro-batch, as in the KTO paper and TRL's `KTOTrainer`.
+    /// The reference's log-probabilities are computed once, before training, and kept in the
+    /// step's scratch folder, as for `dpo`; see `docs/steps/kto.md`.
+    pub struct KtoParams {
+        /// The reference model: a step whose artifact is a model, or a local folder or `.gguf`
+        /// file. Default: the starting model (`model`); for `finetuning_type: lora` that is the
+        /// base with the adapter switched off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ref_model: Option<String>,
+        /// β: how far the policy may move from the reference. Must be positive. Default 0.1.
+        #[serde(default = "default_pref_beta")]
+        pub pref_beta: f64,
+        /// Weight of the loss of desirable examples (λ_D). Positive. Default 1.
+        #[serde(default = "default_weight")]
+        pub kto_chosen_weight: f64,
+        /// Weight of the loss of undesirable examples (λ_U). Positive. Default 1.
+        #[serde(default = "default_weight")]
+        pub kto_rejected_weight: f64,
+        /// Weight of an SFT term (the mean negative log-likelihood of a desirable reply's tokens)
+        /// added to the loss of each desirable example. Default 0.
+        #[serde(default)]
+        pub pref_ftx: f64,
     }
 });
 
@@ -381,6 +413,9 @@ fn default_pref_beta() -> f64 {
 fn default_simpo_gamma() -> f64 {
     0.5
 }
+fn default_weight() -> f64 {
+    1.0
+}
 fn default_trainable_layers() -> i64 {
     2
 }
@@ -400,6 +435,18 @@ impl Params for TrainParams {
     }
 
     const VOLATILE: &'static [&'static str] = &["logging_steps", "eval_steps", "save_steps"];
+}
+
+impl Params for KtoParams {
+    fn inputs(&self) -> Vec<Input> {
+        let mut inputs = self.train().inputs();
+        if let Some(r) = &self.ref_model {
+            inputs.push(Input::step_or_path(FieldPath::key("ref_model"), r.clone()));
+        }
+        inputs
+    }
+
+    const VOLATILE: &'static [&'static str] = TrainParams::VOLATILE;
 }
 
 impl Params for DpoParams {

@@ -47,8 +47,8 @@ const board = {
   viewId: "",        // the past run shown ("" = the latest, live)
 };
 
-const TRAINING = new Set(["pretrain", "sft", "rm", "dpo"]);
-const MODELS = new Set(["model", "pretrain", "sft", "rm", "dpo"]);
+const TRAINING = new Set(["pretrain", "sft", "rm", "dpo", "kto"]);
+const MODELS = new Set(["model", "pretrain", "sft", "rm", "dpo", "kto"]);
 const PREVIEWABLE = new Set(["dataset", "template", "tokenizer"]);
 
 // ---------- pipelines ----------
@@ -454,7 +454,9 @@ async function loadPreview() {
     $("preview-text").textContent = p.text;
     const samples = [];
     p.samples.forEach((s, i) => {
-      const sides = s.chosen ? [["chosen", s.chosen], ["rejected", s.rejected]] : [["", s]];
+      const sides = s.chosen ? [["chosen", s.chosen], ["rejected", s.rejected]]
+        : typeof s.desirable === "boolean" ? [[s.desirable ? "desirable" : "undesirable", s]]
+        : [["", s]];
       for (const [side, x] of sides) {
         const seq = x.sequence || {};
         const box = el("div", { class: "sample" }, el("h5", { text: `sample ${i + 1}${side ? " · " + side : ""} · ${seq.tokens} tokens, ${seq.trained} trained` }));

@@ -174,13 +174,25 @@ pub enum SplitData {
     Seqs(Table),
     /// `rm`: chosen and rejected, row for row, and each pair's margin when the data has them.
     Pairs(Table, Table, Option<Vec<f32>>),
+    /// `kto`: each row's conversation with its reply, its prompt with another row's reply (for the KL
+    /// estimate), row for row, and whether each reply is desirable.
+    Feedback {
+        /// The conversations with their own replies.
+        completions: Table,
+        /// The prompts with mismatched replies.
+        kl: Table,
+        /// Whether each row's reply is desirable.
+        desirable: Vec<bool>,
+    },
 }
 
 impl SplitData {
     /// The number of rows.
     pub fn rows(&self) -> usize {
         match self {
-            SplitData::Seqs(t) | SplitData::Pairs(t, _, _) => t.rows(),
+            SplitData::Seqs(t)
+            | SplitData::Pairs(t, _, _)
+            | SplitData::Feedback { completions: t, .. } => t.rows(),
         }
     }
 
@@ -189,6 +201,9 @@ impl SplitData {
         let tables: Vec<&Table> = match self {
             SplitData::Seqs(t) => vec![t],
             SplitData::Pairs(c, r, _) => vec![c, r],
+            SplitData::Feedback {
+                completions, kl, ..
+            } => vec![completions, kl],
         };
         SplitInfo {
             file,
@@ -266,6 +281,16 @@ pub fn write_split(path: &Path, data: &SplitData) -> anyhow::Result<()> {
                 let bytes = m.iter().flat_map(|x| x.to_le_bytes()).collect();
                 buffers.push(("margin".into(), Dtype::F32, bytes, m.len()));
             }
+        }
+        SplitData::Feedback {
+            completions,
+            kl,
+            desirable,
+        } => {
+            add("completion_", completions);
+            add("kl_", kl);
+            let bytes = desirable.iter().map(|&d| u8::from(d)).collect();
+            buffers.push(("desirable".into(), Dtype::U8, bytes, desirable.len()));
         }
     }
     let views: Vec<(String, TensorView<'_>)> = buffers
@@ -359,6 +384,25 @@ pub fn read_split(path: &Path, stage: Stage) -> anyhow::Result<SplitData> {
             };
             SplitData::Pairs(c, r, margins)
         }
+        Stage::Kto => {
+            let completions = read_table(&st, "completion_", path)?;
+            let kl = read_table(&st, "kl_", path)?;
+            let t = st
+                .tensor("desirable")
+                .with_context(|| format!("`{}` has no `desirable`", path.display()))?;
+            anyhow::ensure!(
+                t.dtype() == Dtype::U8
+                    && t.shape() == [completions.rows()]
+                    && kl.rows() == completions.rows(),
+                "`{}`: `desirable` does not hold one u8 per row",
+                path.display()
+            );
+            SplitData::Feedback {
+                completions,
+                kl,
+                desirable: t.data().iter().map(|&b| b != 0).collect(),
+            }
+        }
         Stage::Pt | Stage::Sft => SplitData::Seqs(read_table(&st, "", path)?),
     })
 }
@@ -404,6 +448,13 @@ pub enum Example {
         chosen: Sequence,
         /// The conversation with the other reply.
         rejected: Sequence,
+    },
+    /// A `kto` row.
+    Feedback {
+        /// The conversation with its reply.
+        completion: Sequence,
+        /// Its prompt with another row's reply.
+        kl: Sequence,
     },
 }
 
@@ -480,6 +531,12 @@ impl TokenizedDataset {
                 chosen: sequence(c, i),
                 rejected: sequence(r, i),
             },
+            SplitData::Feedback {
+                completions, kl, ..
+            } => Example::Feedback {
+                completion: sequence(completions, i),
+                kl: sequence(kl, i),
+            },
         }
     }
 
@@ -488,7 +545,12 @@ impl TokenizedDataset {
         let len = |t: &Table| (t.offsets[i + 1] - t.offsets[i]) as usize;
         match &self.data {
             SplitData::Seqs(t) => len(t),
-            SplitData::Pairs(c, r, _) => len(c).max(len(r)),
+            SplitData::Pairs(c, r, _)
+            | SplitData::Feedback {
+                completions: c,
+                kl: r,
+                ..
+            } => len(c).max(len(r)),
         }
     }
 
@@ -496,6 +558,14 @@ impl TokenizedDataset {
     pub fn margin(&self, i: usize) -> Option<f32> {
         match &self.data {
             SplitData::Pairs(_, _, Some(m)) => m.get(i).copied(),
+            _ => None,
+        }
+    }
+
+    /// Whether the reply of row `i` is desirable, in a `kto` split.
+    pub fn desirable(&self, i: usize) -> Option<bool> {
+        match &self.data {
+            SplitData::Feedback { desirable, .. } => desirable.get(i).copied(),
             _ => None,
         }
     }
@@ -543,7 +613,8 @@ pub fn read_info(dir: &Path) -> anyhow::Result<DatasetInfo> {
 ///
 /// # Shapes
 /// Every vector is `[rows, cols]`, row-major (`shape = [rows, cols]`). For pairs, `rows` is twice the
-/// number of examples: all chosen sequences first, then all rejected ones in the same order.
+/// number of examples: all chosen sequences first, then all rejected ones in the same order (for
+/// `kto` rows, the completions, then the KL sequences).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
     /// `[rows, cols]`.
@@ -568,11 +639,15 @@ pub fn collate(examples: &[Example], pad_id: u32) -> Batch {
         match e {
             Example::Single(s) => seqs.push(s),
             Example::Pair {
-                chosen,
-                rejected: r,
+                chosen: a,
+                rejected: b,
+            }
+            | Example::Feedback {
+                completion: a,
+                kl: b,
             } => {
-                seqs.push(chosen);
-                rejected.push(r);
+                seqs.push(a);
+                rejected.push(b);
             }
         }
     }

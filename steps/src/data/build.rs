@@ -19,9 +19,12 @@ use super::chat::{ChatTemplate, builtin};
 use super::encode::{Dropped, Encoded, Encoder, Flags, IGNORE, Outcome, Settings};
 use super::error::{DataError, Origin, list};
 use super::files::{FileKind, Row, Several, find, read_rows, read_text_lines};
-use super::format::{Layout, Sample, dataset_info_entry, resolve};
+use super::format::{Layout, Message, Role, Sample, dataset_info_entry, resolve};
 use super::pack::{Key, Table, blocks, hash_order, key_of, pack, split, val_count};
 use super::tokenizer::ModelTokenizer;
+
+/// How many rows [`pair_kl_replies`] looks at to find a reply to another prompt.
+const KL_SEARCH: usize = 64;
 
 /// How many samples `preview.jsonl` keeps.
 pub const PREVIEW_ROWS: usize = 16;
@@ -61,7 +64,7 @@ pub fn build(
             );
             None
         }
-        Stage::Sft | Stage::Rm => Some(choose_template(p, &tok, &mut notes)?),
+        Stage::Sft | Stage::Rm | Stage::Kto => Some(choose_template(p, &tok, &mut notes)?),
     };
 
     // Load and convert every dataset.
@@ -85,7 +88,13 @@ pub fn build(
             }
         }
     }
-    let items = mix(p, per_dataset);
+    let mut items = mix(p, per_dataset);
+    if p.stage == Stage::Kto
+        && let Some(note) = pair_kl_replies(&mut items)
+    {
+        warn!("{note}");
+        notes.push(note);
+    }
     let rows = items.len();
     if rows == 0 {
         let empty: Vec<String> = sources
@@ -154,7 +163,9 @@ pub fn build(
                 dropped_rows.push('\n');
                 continue;
             }
-            Outcome::Seq { flags, .. } | Outcome::Pair { flags, .. } => *flags,
+            Outcome::Seq { flags, .. }
+            | Outcome::Pair { flags, .. }
+            | Outcome::Feedback { flags, .. } => *flags,
             Outcome::Doc(_) => Flags::default(),
         };
         truncated += usize::from(flags.truncated);
@@ -295,6 +306,33 @@ pub fn build(
                     .any(Option::is_some)
                     .then(|| margins.iter().map(|m| m.unwrap_or(0.0)).collect());
                 (SplitData::Pairs(c, r, margins), idx.len())
+            }
+            Stage::Kto => {
+                let mut completions = Table::new(false);
+                let mut kl = Table::new(false);
+                let mut desirable = Vec::with_capacity(idx.len());
+                for &i in idx {
+                    let Outcome::Feedback {
+                        completion,
+                        kl: kl_seq,
+                        desirable: d,
+                        ..
+                    } = &kept_items[i].1
+                    else {
+                        unreachable!("kto rows are feedback")
+                    };
+                    completions.push_row(&[completion]);
+                    kl.push_row(&[kl_seq]);
+                    desirable.push(*d);
+                }
+                (
+                    SplitData::Feedback {
+                        completions,
+                        kl,
+                        desirable,
+                    },
+                    idx.len(),
+                )
             }
         }
     };
@@ -482,18 +520,42 @@ fn load_dataset(
     if let Some(m) = max {
         rows.truncate(m);
     }
+    if let Some(col) = &columns.kto_tag
+        && stage != Stage::Kto
+    {
+        anyhow::bail!(
+            "the rows mark their replies desirable or not (`columns.kto_tag: {col}`), but stage `{}` would train on every reply\nhint: set `stage: kto` and train it with a `kto` step",
+            stage.name()
+        );
+    }
     let layout = resolve(format, &columns, &tags, rows.first())?;
-    let converted: Vec<Result<Item, DataError>> = rows
+    let converted: Vec<Result<Vec<Item>, DataError>> = rows
         .par_iter()
         .map(|row| {
-            Ok(Item {
-                key: key_of(&serde_json::to_vec(&row.value).expect("JSON values serialize")),
-                sample: stage_sample(stage, &layout, row)?,
-                origin: row.origin.clone(),
-            })
+            let bytes = serde_json::to_vec(&row.value).expect("JSON values serialize");
+            let samples = stage_samples(stage, &layout, row)?;
+            Ok(samples
+                .into_iter()
+                .enumerate()
+                .map(|(j, sample)| Item {
+                    // The second half of an unpaired preference row needs a key of its own.
+                    key: if j == 0 {
+                        key_of(&bytes)
+                    } else {
+                        key_of(&[bytes.as_slice(), format!("\0{j}").as_bytes()].concat())
+                    },
+                    sample,
+                    origin: row.origin.clone(),
+                })
+                .collect())
         })
         .collect();
-    let items = converted.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let items: Vec<Item> = converted
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let info = SourceInfo {
         source: d.source.clone(),
         files: files.iter().map(|f| f.label.to_string()).collect(),
@@ -518,8 +580,54 @@ fn has_placeholder(sample: &Sample) -> bool {
                 || text(&chosen.content)
                 || text(&rejected.content)
         }
+        Sample::Feedback { conv, .. } => conv.messages.iter().any(|m| text(&m.content)),
         Sample::Text(t) => text(t),
     }
+}
+
+/// Gives each KTO row the reply of another row, for the KL estimate: the row half the data further
+/// on (wrapping around), or the first of the next [`KL_SEARCH`] after it whose prompt differs, so
+/// that the two halves of an unpaired preference row never meet. Returns a note when some row could
+/// only get a reply to its own prompt (one row, or one prompt throughout).
+fn pair_kl_replies(items: &mut [Item]) -> Option<String> {
+    let n = items.len();
+    let parts: Vec<Option<(&[Message], &Message)>> = items
+        .iter()
+        .map(|it| match &it.sample {
+            Sample::Feedback { conv, .. } => conv
+                .messages
+                .split_last()
+                .filter(|(last, _)| last.role == Role::Assistant)
+                .map(|(last, prompt)| (prompt, last)),
+            _ => None,
+        })
+        .collect();
+    let mut own = 0;
+    let mut partners = Vec::with_capacity(n);
+    for i in 0..n {
+        let Some((prompt, _)) = parts[i] else {
+            partners.push(None);
+            continue;
+        };
+        let start = i + n / 2;
+        let candidates = || (0..n.min(KL_SEARCH)).map(|k| (start + k) % n);
+        let found = candidates().find(|&j| j != i && parts[j].is_some_and(|(p, _)| p != prompt));
+        let j = found.unwrap_or_else(|| {
+            own += 1;
+            candidates().find(|&j| parts[j].is_some()).unwrap_or(i)
+        });
+        partners.push(parts[j].map(|(_, reply)| reply.clone()));
+    }
+    for (it, partner) in items.iter_mut().zip(partners) {
+        if let Sample::Feedback { kl_reply, .. } = &mut it.sample {
+            *kl_reply = partner;
+        }
+    }
+    (own > 0).then(|| {
+        format!(
+            "{own} rows have no row with another prompt to pair with, so their KL estimate uses a reply to their own prompt (KTO needs rows with different prompts)"
+        )
+    })
 }
 
 fn format_name(layout: &Layout) -> String {
@@ -535,18 +643,25 @@ fn format_name(layout: &Layout) -> String {
     .to_string()
 }
 
-/// Converts a row into the kind of sample `stage` needs, or says why it cannot.
-fn stage_sample(stage: Stage, layout: &Layout, row: &Row) -> Result<Sample, DataError> {
+/// Converts a row into the kind of samples `stage` needs (one, or two for a preference row unpaired
+/// for KTO), or says why it cannot.
+fn stage_samples(stage: Stage, layout: &Layout, row: &Row) -> Result<Vec<Sample>, DataError> {
     if stage == Stage::Pt
         && let Some(text) = layout.pretraining_text(row)?
     {
-        return Ok(Sample::Text(text));
+        return Ok(vec![Sample::Text(text)]);
     }
-    let sample = layout.convert(row)?;
-    let (need, hint) = match (stage, &sample) {
-        (Stage::Pt, Sample::Text(_))
+    let samples = if stage == Stage::Kto {
+        layout.feedback(row)?
+    } else {
+        vec![layout.convert(row)?]
+    };
+    let first = &samples[0];
+    let (need, hint) = match (stage, first) {
+        (Stage::Kto, Sample::Feedback { .. })
+        | (Stage::Pt, Sample::Text(_))
         | (Stage::Sft, Sample::Chat(_))
-        | (Stage::Rm, Sample::Pair { .. }) => return Ok(sample),
+        | (Stage::Rm, Sample::Pair { .. }) => return Ok(samples),
         (Stage::Sft, Sample::Pair { .. }) => (
             "conversations",
             "use `stage: rm` for preference pairs, or `format: alpaca` with `columns: {response: chosen}` to fine-tune on the chosen replies",
@@ -560,12 +675,16 @@ fn stage_sample(stage: Stage, layout: &Layout, row: &Row) -> Result<Sample, Data
             "preference pairs",
             "rows need `chosen` and `rejected` replies (`format: preference`)",
         ),
+        (Stage::Kto, _) => (
+            "conversations with a `kto_tag`, or preference pairs",
+            "use conversations (alpaca, sharegpt or openai) whose last message is the reply",
+        ),
     };
     Err(DataError::row_hint(
         &row.origin,
         format!(
             "holds {}, but stage `{}` needs {need}",
-            sample.kind(),
+            first.kind(),
             stage.name()
         ),
         hint,
@@ -703,6 +822,18 @@ fn preview_row(tok: &ModelTokenizer, o: &Outcome) -> Json {
         } => json!({
             "chosen": {"text": texts.0, "sequence": runs(chosen)},
             "rejected": {"text": texts.1, "sequence": runs(rejected)},
+        }),
+        Outcome::Feedback {
+            completion,
+            kl,
+            texts,
+            desirable,
+            ..
+        } => json!({
+            "desirable": desirable,
+            "text": texts.0,
+            "sequence": runs(completion),
+            "kl": {"text": texts.1, "sequence": runs(kl)},
         }),
         Outcome::Doc(ids) => {
             let seq = Encoded {
@@ -919,7 +1050,94 @@ mod tests {
         let e = fails(json!({"datasets": [{"source": "lf_data", "dataset_info": "hub_demo"}]}));
         assert!(e.contains("is remote (`hf_hub_url`)"), "{e}");
         let e = fails(json!({"datasets": [{"source": "lf_data", "dataset_info": "kto_demo"}]}));
-        assert!(e.contains("has `kto_tag`"), "{e}");
+        assert!(
+            e.contains("mark their replies desirable or not") && e.contains("set `stage: kto`"),
+            "{e}"
+        );
+    }
+
+    /// The prompt of a `kto` sequence: its tokens before the first trained one.
+    fn prompt_of(s: &crate::data::Sequence) -> Vec<u32> {
+        let n = s.labels.iter().take_while(|&&l| l == IGNORE).count();
+        s.input_ids[..n].to_vec()
+    }
+
+    #[test]
+    fn kto_rows_keep_their_tag_and_a_reply_to_another_prompt() {
+        // LLaMA-Factory's layout: sharegpt messages and a `kto_tag` column named `label`.
+        let (out, info) = run(json!({
+            "stage": "kto",
+            "datasets": [{"source": "lf_data", "dataset_info": "kto_demo"}],
+            "shuffle": false,
+        }));
+        assert_eq!(info.kept, 6);
+        assert_eq!(info.stage, Stage::Kto);
+        let ds = TokenizedDataset::open(out.path(), Split::Train).unwrap();
+        let tags: Vec<bool> = (0..ds.len()).map(|i| ds.desirable(i).unwrap()).collect();
+        assert_eq!(tags.iter().filter(|t| **t).count(), 4, "{tags:?}");
+        for i in 0..ds.len() {
+            let Example::Feedback { completion, kl } = ds.example(i) else {
+                panic!()
+            };
+            // The KL sequence: the same prompt, another prompt's reply, trained tokens only there.
+            assert_eq!(prompt_of(&completion), prompt_of(&kl));
+            assert_ne!(completion.input_ids, kl.input_ids);
+            assert!(kl.labels.iter().any(|&l| l != IGNORE));
+        }
+        let batch = collate(&[ds.example(0), ds.example(1)], info.pad_id);
+        assert_eq!(batch.shape[0], 4, "completions, then KL sequences");
+        // A tag that is not a boolean names its row.
+        let e = fails(json!({
+            "stage": "kto",
+            "datasets": [{"source": "chat_openai.jsonl", "columns": {"kto_tag": "messages"}}],
+        }));
+        assert!(
+            e.contains("`chat_openai.jsonl:1`: `messages` is an array, not true or false"),
+            "{e}"
+        );
+        let e = fails(json!({"stage": "kto", "datasets": [{"source": "chat_openai.jsonl"}]}));
+        assert!(e.contains("no column `kto_tag`"), "{e}");
+    }
+
+    #[test]
+    fn preference_pairs_are_unpaired_for_kto() {
+        let (out, info) = run(json!({
+            "stage": "kto",
+            "datasets": [{"source": "pref_sharegpt.json"}],
+            "shuffle": false,
+        }));
+        assert_eq!(info.kept, 6, "three pairs, six replies");
+        let ds = TokenizedDataset::open(out.path(), Split::Train).unwrap();
+        let mut desirable = 0;
+        for i in 0..ds.len() {
+            let Example::Feedback { completion, kl } = ds.example(i) else {
+                panic!()
+            };
+            desirable += usize::from(ds.desirable(i).unwrap());
+            // Never the other half of the same pair: the KL reply answers another prompt.
+            let reply = |s: &crate::data::Sequence| -> Vec<u32> {
+                s.input_ids[prompt_of(s).len()..].to_vec()
+            };
+            for j in 0..ds.len() {
+                let Example::Feedback {
+                    completion: other, ..
+                } = ds.example(j)
+                else {
+                    panic!()
+                };
+                if reply(&other) == reply(&kl) {
+                    assert_ne!(
+                        prompt_of(&other),
+                        prompt_of(&completion),
+                        "rows {i} and {j}"
+                    );
+                }
+            }
+        }
+        assert_eq!(desirable, 3);
+        let preview = std::fs::read_to_string(out.path().join("preview.jsonl")).unwrap();
+        let first: Json = serde_json::from_str(preview.lines().next().unwrap()).unwrap();
+        assert!(first["desirable"].is_boolean() && first["kl"]["sequence"].is_object());
     }
 
     /// LLaMA-Factory's `wiki_demo`: a `.txt` file with `columns: {prompt: text}`, one example per line.

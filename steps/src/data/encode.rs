@@ -122,6 +122,19 @@ pub enum Outcome {
         /// Remarks.
         flags: Flags,
     },
+    /// A reply marked desirable or not (kto).
+    Feedback {
+        /// The conversation with its reply.
+        completion: Encoded,
+        /// Its prompt with another row's reply, for the KL estimate.
+        kl: Encoded,
+        /// Their rendered texts.
+        texts: Box<(String, String)>,
+        /// Whether the reply is desirable.
+        desirable: bool,
+        /// Remarks.
+        flags: Flags,
+    },
     /// A pretraining document: its ids, EOS last.
     Doc(Vec<u32>),
     /// Left out.
@@ -173,6 +186,11 @@ impl<'a> Encoder<'a> {
                 }
                 o
             }),
+            Sample::Feedback {
+                conv,
+                desirable,
+                kl_reply,
+            } => self.feedback(conv, *desirable, kl_reply.as_ref()),
             Sample::Text(text) => self.doc(text),
         };
         result.unwrap_or_else(|(why, detail)| Outcome::Dropped(why, detail))
@@ -303,6 +321,60 @@ impl<'a> Encoder<'a> {
     }
 
     fn pair(&self, prompt: &Conversation, chosen: &Message, rejected: &Message) -> Step<Outcome> {
+        let ([(mut c, ct), (mut r, rt)], mut flags) = self.replies(prompt, chosen, rejected)?;
+        flags.truncated = self.fit(&mut c)? | self.fit(&mut r)?;
+        Ok(Outcome::Pair {
+            chosen: c,
+            rejected: r,
+            texts: Box::new((ct, rt)),
+            margin: None,
+            flags,
+        })
+    }
+
+    /// A conversation's last reply, and its prompt with `kl_reply` (its own reply when there is no
+    /// other). A KL sequence longer than `cutoff_len` is always cut: it only estimates a mean.
+    fn feedback(
+        &self,
+        conv: &Conversation,
+        desirable: bool,
+        kl_reply: Option<&Message>,
+    ) -> Step<Outcome> {
+        let Some((reply, messages)) = conv.messages.split_last() else {
+            return Err((Dropped::Empty, None));
+        };
+        if reply.role != Role::Assistant {
+            return Err((Dropped::NoReply, None));
+        }
+        let prompt = Conversation {
+            messages: messages.to_vec(),
+            tools: conv.tools.clone(),
+        };
+        let ([(mut completion, ct), (mut kl, kt)], mut flags) =
+            self.replies(&prompt, reply, kl_reply.unwrap_or(reply))?;
+        flags.truncated = self.fit(&mut completion)?;
+        if kl.ids.len() > self.settings.cutoff_len {
+            kl.cut(self.settings.cutoff_len);
+            if kl.trained() == 0 {
+                return Err((Dropped::TooLong, None));
+            }
+        }
+        Ok(Outcome::Feedback {
+            completion,
+            kl,
+            texts: Box::new((ct, kt)),
+            desirable,
+            flags,
+        })
+    }
+
+    /// Two replies to one prompt, each encoded with the prompt (not yet fitted to `cutoff_len`).
+    fn replies(
+        &self,
+        prompt: &Conversation,
+        chosen: &Message,
+        rejected: &Message,
+    ) -> Step<([(Encoded, String); 2], Flags)> {
         if prompt.messages.is_empty() {
             return Err((Dropped::Empty, None));
         }
@@ -331,16 +403,9 @@ impl<'a> Encoder<'a> {
             }
             Ok((seq, full))
         };
-        let (mut c, ct) = encode(chosen)?;
-        let (mut r, rt) = encode(rejected)?;
-        flags.truncated = self.fit(&mut c)? | self.fit(&mut r)?;
-        Ok(Outcome::Pair {
-            chosen: c,
-            rejected: r,
-            texts: Box::new((ct, rt)),
-            margin: None,
-            flags,
-        })
+        let c = encode(chosen)?;
+        let r = encode(rejected)?;
+        Ok(([c, r], flags))
     }
 
     fn doc(&self, text: &str) -> Step<Outcome> {

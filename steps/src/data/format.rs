@@ -1,5 +1,5 @@
 //! Dataset rows in alpaca, sharegpt, openai, preference or text form, made into [`Sample`]s:
-//! conversations, preference pairs or plain text.
+//! conversations, preference pairs, replies marked desirable or not (KTO), or plain text.
 //!
 //! Column names and message tags follow LLaMA-Factory's `dataset_info.json` (`columns`, `tags`,
 //! `formatting`, `ranking`), so an entry of such a file can be used as it is ([`dataset_info_entry`]).
@@ -76,6 +76,16 @@ pub enum Sample {
         /// How far the chosen reply should out-score the other (`columns.margin`), if given.
         margin: Option<f64>,
     },
+    /// A conversation whose last message, a reply, is marked desirable or undesirable (KTO).
+    Feedback {
+        /// The conversation, its reply last.
+        conv: Conversation,
+        /// Whether the reply is desirable (`columns.kto_tag`).
+        desirable: bool,
+        /// Another row's reply to the same prompt, for the KL estimate (set once all rows are
+        /// known: see `build`).
+        kl_reply: Option<Message>,
+    },
     /// Plain text (pretraining).
     Text(String),
 }
@@ -86,6 +96,7 @@ impl Sample {
         match self {
             Sample::Chat(_) => "conversations",
             Sample::Pair { .. } => "preference pairs",
+            Sample::Feedback { .. } => "replies marked desirable or not",
             Sample::Text(_) => "plain text",
         }
     }
@@ -127,6 +138,8 @@ pub struct Resolved {
     pub rejected: String,
     /// margin of a pair (none: no margin column).
     pub margin: Option<String>,
+    /// whether a reply is desirable (KTO).
+    pub kto_tag: String,
     /// text.
     pub text: String,
 }
@@ -242,6 +255,7 @@ pub fn resolve(
             rejected: or(&columns.rejected, "rejected"),
             margin: columns.margin.clone(),
             text: or(&columns.text, "text"),
+            kto_tag: or(&columns.kto_tag, "kto_tag"),
         },
         tags,
     })
@@ -338,6 +352,45 @@ impl Layout {
                 })
             }
             Format::Auto => unreachable!("resolved before converting"),
+        }
+    }
+
+    /// Converts one row for KTO: a conversation and its `kto_tag` give one sample; a preference pair
+    /// gives two, its chosen reply desirable and its rejected one not (TRL's
+    /// `unpair_preference_dataset`).
+    pub fn feedback(&self, row: &Row) -> Result<Vec<Sample>, DataError> {
+        let at = &row.origin;
+        match self.convert(row)? {
+            Sample::Chat(conv) => {
+                let obj = row
+                    .value
+                    .as_object()
+                    .expect("a conversation comes from an object");
+                let desirable = flag(obj, &self.columns.kto_tag, at)?;
+                Ok(vec![Sample::Feedback {
+                    conv,
+                    desirable,
+                    kl_reply: None,
+                }])
+            }
+            Sample::Pair {
+                prompt,
+                chosen,
+                rejected,
+                ..
+            } => Ok([(chosen, true), (rejected, false)]
+                .into_iter()
+                .map(|(reply, desirable)| {
+                    let mut conv = prompt.clone();
+                    conv.messages.push(reply);
+                    Sample::Feedback {
+                        conv,
+                        desirable,
+                        kl_reply: None,
+                    }
+                })
+                .collect()),
+            other => Ok(vec![other]),
         }
     }
 
@@ -612,6 +665,43 @@ fn missing(obj: &Map<String, Json>, column: &str, at: &Origin) -> DataError {
     }
 }
 
+/// A boolean in `column`: `true`/`false`, `1`/`0`, or a string holding one of those (CSV).
+fn flag(obj: &Map<String, Json>, column: &str, at: &Origin) -> Result<bool, DataError> {
+    let v = match obj.get(column) {
+        None => {
+            let mut e = missing(obj, column, at);
+            if let DataError::MissingColumn { extra, .. } = &mut e {
+                *extra = Some(
+                    "KTO rows mark their reply desirable or not; name that column with `columns: {kto_tag: ...}`"
+                        .into(),
+                );
+            }
+            return Err(e);
+        }
+        Some(Json::Bool(b)) => Some(*b),
+        Some(Json::Number(n)) => match n.as_u64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        Some(Json::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        },
+        Some(_) => None,
+    };
+    v.ok_or_else(|| {
+        DataError::row(
+            at,
+            format!(
+                "`{column}` is {}, not true or false",
+                kind_of(obj.get(column).unwrap_or(&Json::Null))
+            ),
+        )
+    })
+}
+
 /// A finite number (or a string holding one) in `column`.
 fn number(obj: &Map<String, Json>, column: &str, at: &Origin) -> Result<f64, DataError> {
     let v = match obj.get(column) {
@@ -751,13 +841,6 @@ pub fn dataset_info_entry(path: &Path, label: &str, name: &str) -> Result<InfoEn
         }
     };
     let cols = strings("columns")?;
-    if cols.contains_key("kto_tag") {
-        return Err(DataError::row_hint(
-            &at,
-            "has `kto_tag`: KTO data (replies marked desirable or not) needs a KTO stage, which lf does not have yet",
-            "to fine-tune on it, keep the desirable rows in a file of your own and name it as `source`",
-        ));
-    }
     for media in ["images", "videos", "audios"] {
         if cols.contains_key(media) {
             return Err(DataError::row(
@@ -779,6 +862,7 @@ pub fn dataset_info_entry(path: &Path, label: &str, name: &str) -> Result<InfoEn
         rejected: get(&cols, "rejected"),
         margin: get(&cols, "margin"),
         text: None,
+        kto_tag: get(&cols, "kto_tag"),
     };
     let t = strings("tags")?;
     let tags = Tags {

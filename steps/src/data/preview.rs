@@ -118,6 +118,13 @@ pub fn dataset(dir: &Path, rows: usize, style: Style, out: &mut dyn Write) -> an
                     out,
                 )?;
             }
+        } else if let Some(desirable) = sample.get("desirable").and_then(Json::as_bool) {
+            let tag = if desirable {
+                "desirable"
+            } else {
+                "undesirable"
+            };
+            show(sample, &format!("sample {} · {tag}", i + 1), style, out)?;
         } else {
             show(sample, &format!("sample {}", i + 1), style, out)?;
         }

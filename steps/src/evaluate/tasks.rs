@@ -45,11 +45,14 @@ pub fn check_ids(ds: &TokenizedDataset, rows: usize, vocab: usize) -> anyhow::Re
     for i in 0..rows {
         let ids: Vec<u32> = match ds.example(i) {
             Example::Single(s) => s.input_ids,
-            Example::Pair { chosen, rejected } => chosen
-                .input_ids
-                .into_iter()
-                .chain(rejected.input_ids)
-                .collect(),
+            Example::Pair {
+                chosen: a,
+                rejected: b,
+            }
+            | Example::Feedback {
+                completion: a,
+                kl: b,
+            } => a.input_ids.into_iter().chain(b.input_ids).collect(),
         };
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
             anyhow::bail!(

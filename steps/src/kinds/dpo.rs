@@ -50,7 +50,11 @@ impl Step for Dpo {
         let train = p.train();
         let ft = run::finetuning_type(&train, FinetuningType::Lora);
         let mut problems = check::check_inputs(&train, Self::KIND, Stage::Rm, ft, inputs);
-        problems.extend(check::check_reference(p, inputs));
+        problems.extend(check::check_reference(
+            p.ref_model.as_deref(),
+            &p.dataset,
+            inputs,
+        ));
         problems
     }
 

@@ -107,10 +107,10 @@ impl Step for Evaluate {
         let stage_of = |dir: &Path| crate::data::artifact::read_info(dir).map(|i| i.stage);
         if let Some(dir) = inputs.get("perplexity.dataset") {
             match stage_of(dir) {
-                Ok(Stage::Rm) => problems.push(
+                Ok(s @ (Stage::Rm | Stage::Kto)) => problems.push(
                     Problem::new(
                         FieldPath::key("perplexity").then("dataset"),
-                        "holds preference pairs (`stage: rm`)",
+                        format!("holds `stage: {}` data", s.name()),
                     )
                     .hint("perplexity needs a dataset with `stage: pt` or `sft`"),
                 ),

@@ -10,6 +10,7 @@ pub mod download;
 pub mod dpo;
 pub mod evaluate;
 pub mod export;
+pub mod kto;
 pub mod model;
 pub mod pretrain;
 pub mod rm;
@@ -32,6 +33,7 @@ pub const KINDS: &[&dyn DynStep] = &[
     &sft::Sft,
     &rm::Rm,
     &dpo::Dpo,
+    &kto::Kto,
     &export::Export,
     &evaluate::Evaluate,
 ];

@@ -1,18 +1,19 @@
 //! Tests of the alignment objectives on a tiny model: the value head scores the last real token, a step
 //! lowers the reward model's loss, the LoRA reference (adapters off) is the base model, and DPO starts
-//! at `log 2` and moves the policy toward the chosen replies. The losses themselves are checked against
-//! hand-computed values in [`super::pref`].
+//! at `log 2` and moves the policy toward the chosen replies, KTO starts at `λ/2` and raises the
+//! desirable replies' log-probabilities over the undesirable ones'. The losses themselves are checked
+//! against hand-computed values in [`super::pref`].
 
 use burn::module::AutodiffModule as _;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion as _, Tensor};
 use lf_schemas::kinds::train::PrefLoss;
 
-use super::loss::PairBatch;
+use super::loss::{FeedbackBatch, PairBatch};
 use super::loss::{IGNORE, LmBatch, row_logps};
-use super::objective::{Dpo, Objective, Rm};
+use super::objective::{Dpo, Kto, Objective, Rm};
 use super::params::Method;
-use super::pref::PrefConfig;
+use super::pref::{KtoConfig, PrefConfig};
 use super::reference::{Reference, SplitLogps};
 use super::trainer::{AdamW, Trainer};
 use crate::data::{Batch, Split};
@@ -274,4 +275,72 @@ fn a_lora_model_merged_on_an_autodiff_backend_trains_again() {
     let n = batch.n_scored() as f64;
     assert!(t.accumulate(&batch, n).unwrap().is_finite());
     t.step(1e-3, 1.0);
+}
+
+/// Four replies to two prompts, the first two desirable; each KL sequence pairs a prompt with a reply
+/// to the other prompt.
+fn feedback() -> FeedbackBatch {
+    let (p1, p2): (&[u32], &[u32]) = (&[1, 5, 9, 13], &[1, 7, 3]);
+    let (good1, good2, bad1, bad2): (&[u32], &[u32], &[u32], &[u32]) = (
+        &[20, 21, 22, 2],
+        &[30, 31, 2],
+        &[40, 41, 2],
+        &[50, 51, 52, 53, 2],
+    );
+    FeedbackBatch {
+        completions: LmBatch::new(
+            &rows(&[(p1, good1), (p2, good2), (p1, bad1), (p2, bad2)]),
+            false,
+        ),
+        kl: LmBatch::new(
+            &rows(&[(p1, good2), (p2, good1), (p1, bad2), (p2, bad1)]),
+            false,
+        ),
+        split: Split::Train,
+        rows: vec![0, 1, 2, 3],
+        desirable: vec![true, true, false, false],
+    }
+}
+
+#[test]
+fn kto_starts_at_half_its_weight_and_learns_what_is_desirable() {
+    let batch = feedback();
+    let mut t = Trainer::new(tiny(), &lora(), AdamW::default(), 1).unwrap();
+    let base = t.model.valid().without_lora();
+    let reference = Reference {
+        train: SplitLogps {
+            chosen: values(row_logps(&base, &batch.completions)),
+            rejected: values(row_logps(&base, &batch.kl)),
+        },
+        val: None,
+    };
+    let obj = Kto {
+        cfg: KtoConfig {
+            beta: 0.1,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            ftx: 0.0,
+        },
+        reference,
+    };
+    // Desirable minus undesirable mean log-probability, under the policy.
+    let margin = |m: &Llama<lf_model::Cpu>| {
+        let v = values(row_logps(m, &batch.completions));
+        f64::from(v[0] + v[1] - v[2] - v[3]) / 2.0
+    };
+    let before = margin(&t.model.valid());
+    let mut losses = Vec::new();
+    for _ in 0..4 {
+        let (loss, stats) = obj.loss(&t.model, None, &batch).unwrap();
+        let kl = stats.iter().find(|(k, _)| *k == "kl").unwrap().1;
+        assert!(kl >= 0.0, "{stats:?}");
+        losses.push(t.backward(loss, 4.0) / 4.0);
+        t.step(2e-2, 1.0);
+    }
+    // The policy is its reference before the first step: every log-ratio and the KL estimate are 0,
+    // and each example's loss is 1 − σ(0).
+    assert!((losses[0] - 0.5).abs() < 1e-6, "{losses:?}");
+    assert!(losses[3] < losses[0], "{losses:?}");
+    let after = margin(&t.model.valid());
+    assert!(after > before + 1e-3, "{before} → {after}");
 }

@@ -9,7 +9,7 @@ use lf_engine::Problem;
 use lf_schemas::FieldPath;
 use lf_schemas::kinds::dataset::Stage;
 use lf_schemas::kinds::train::{FinetuningType, PrefLoss, QuantizationType};
-use lf_schemas::kinds::{DpoParams, TrainParams};
+use lf_schemas::kinds::{DpoParams, KtoParams, TrainParams};
 
 use super::params::{EXTRA_MODULES, LAYER_MODULES, LINEAR_MODULES};
 use crate::data::artifact::read_info;
@@ -333,6 +333,7 @@ pub fn check_inputs(
             if info.stage != stage {
                 let what = match stage {
                     Stage::Rm => "preference pairs",
+                    Stage::Kto => "replies marked desirable or not",
                     Stage::Sft => "conversations",
                     Stage::Pt => "plain text",
                 };
@@ -469,8 +470,46 @@ pub fn check_pref(p: &DpoParams) -> Vec<Problem> {
     out
 }
 
-/// Checks that the reference model of a `dpo` step reads the data as the policy does.
-pub fn check_reference(p: &DpoParams, inputs: &BTreeMap<String, PathBuf>) -> Vec<Problem> {
+/// Checks the settings of a `kto` step.
+pub fn check_kto(p: &KtoParams) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if !(p.pref_beta.is_finite() && p.pref_beta > 0.0) {
+        out.push(
+            Problem::new(
+                key("pref_beta"),
+                format!("must be a positive number, got {}", p.pref_beta),
+            )
+            .hint("KTO's β is usually between 0.01 and 0.5; 0.1 is the default"),
+        );
+    }
+    for (name, w) in [
+        ("kto_chosen_weight", p.kto_chosen_weight),
+        ("kto_rejected_weight", p.kto_rejected_weight),
+    ] {
+        if !(w.is_finite() && w > 0.0) {
+            out.push(
+                Problem::new(key(name), format!("must be a positive number, got {w}")).hint(
+                    "the KTO paper keeps λ_D·(desirable rows) / (λ_U·(undesirable rows)) between 1 and 4/3; 1 is the default",
+                ),
+            );
+        }
+    }
+    if !(p.pref_ftx.is_finite() && p.pref_ftx >= 0.0) {
+        out.push(Problem::new(
+            key("pref_ftx"),
+            format!("must be 0 or more, got {}", p.pref_ftx),
+        ));
+    }
+    out
+}
+
+/// Checks that the reference model of a `dpo` or `kto` step (`ref_model`, if given) reads the data
+/// as the policy does.
+pub fn check_reference(
+    ref_model: Option<&str>,
+    dataset: &str,
+    inputs: &BTreeMap<String, PathBuf>,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     let (Some(ref_dir), Some(data_dir)) = (inputs.get("ref_model"), inputs.get("dataset")) else {
         return out;
@@ -491,9 +530,8 @@ pub fn check_reference(p: &DpoParams, inputs: &BTreeMap<String, PathBuf>) -> Vec
             Problem::new(
                 key("ref_model"),
                 format!(
-                    "`{}` has another tokenizer than the one `{}` was tokenized with",
-                    p.ref_model.as_deref().unwrap_or_default(),
-                    p.dataset
+                    "`{}` has another tokenizer than the one `{dataset}` was tokenized with",
+                    ref_model.unwrap_or_default(),
                 ),
             )
             .hint("the reference must share the policy's tokenizer"),

@@ -9,7 +9,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use crate::data::{Batch, Split, TokenizedDataset, collate};
+use crate::data::{Batch, Example, Split, TokenizedDataset, collate};
 use lf_model::ops;
 use lf_model::{ForwardInput, Llama};
 
@@ -227,6 +227,49 @@ impl PairBatch {
     /// The number of pairs.
     pub fn pairs(&self) -> usize {
         self.rows.len()
+    }
+}
+
+/// Rows of a `kto` split, collated: the completions (trained) and, apart, the prompts with
+/// mismatched replies (for the KL estimate, never trained).
+pub struct FeedbackBatch {
+    /// The conversations with their own replies.
+    pub completions: LmBatch,
+    /// The prompts with other rows' replies, in the same order.
+    pub kl: LmBatch,
+    /// Which split the rows come from.
+    pub split: Split,
+    /// The rows.
+    pub rows: Vec<usize>,
+    /// Whether each row's reply is desirable.
+    pub desirable: Vec<bool>,
+}
+
+impl FeedbackBatch {
+    /// Prepares rows `rows` of a `kto` split.
+    ///
+    /// # Panics
+    /// If the split is not a `kto` one.
+    pub fn new(split: Split, data: &TokenizedDataset, rows: &[usize]) -> FeedbackBatch {
+        let (mut completions, mut kl) = (Vec::new(), Vec::new());
+        for &i in rows {
+            let Example::Feedback { completion, kl: k } = data.example(i) else {
+                panic!("row {i} of a kto split is not feedback");
+            };
+            completions.push(Example::Single(completion));
+            kl.push(Example::Single(k));
+        }
+        let pad = data.info().pad_id;
+        FeedbackBatch {
+            completions: LmBatch::new(&collate(&completions, pad), false),
+            kl: LmBatch::new(&collate(&kl, pad), false),
+            split,
+            rows: rows.to_vec(),
+            desirable: rows
+                .iter()
+                .map(|&i| data.desirable(i).expect("a kto split marks every row"))
+                .collect(),
+        }
     }
 }
 

@@ -1,16 +1,22 @@
 //! What each training kind optimises, as the one thing the shared loop ([`super::run`]) does not know:
 //! how rows become a batch, and a batch a loss. [`Lm`] is the causal-LM loss of `pretrain` and `sft`,
-//! [`Rm`] the pairwise loss of a reward model's value head, [`Dpo`] the preference losses of `dpo`.
+//! [`Rm`] the pairwise loss of a reward model's value head, [`Dpo`] the preference losses of `dpo`,
+//! [`Kto`] KTO's loss on replies marked desirable or not.
 //!
-//! A loss is a sum over the batch's *units* (trained tokens for [`Lm`], pairs otherwise); the loop
-//! divides by the units of the whole accumulated batch. Other numbers an objective reports (rewards,
-//! accuracy) are sums over units too, logged as means.
+//! A loss is a sum over the batch's *units* (trained tokens for [`Lm`], pairs for [`Rm`] and
+//! [`Dpo`], examples for [`Kto`]); the loop divides by the units of the whole accumulated batch.
+//! Other numbers an objective reports (rewards, accuracy) are sums over units too, logged as means,
+//! or sums over some of them, logged as means over those ([`Objective::denominator`]).
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::loss::{LmBatch, PairBatch, lm_loss_sum, row_logps};
-use super::pref::{PairLogps, PrefConfig, pairwise_loss, preference_loss};
+use burn::module::Module as _;
+
+use super::loss::{FeedbackBatch, LmBatch, PairBatch, lm_loss_sum, row_logps};
+use super::pref::{
+    KtoConfig, PairLogps, PrefConfig, kl_estimate, kto_loss, pairwise_loss, preference_loss,
+};
 use super::reference::Reference;
 use crate::data::{Split, TokenizedDataset, collate};
 use lf_model::Llama;
@@ -37,6 +43,12 @@ pub trait Objective {
 
     /// The units the batch's loss is a sum over.
     fn units(&self, batch: &Self::Batch) -> usize;
+
+    /// For a number that sums over some of the units only, the number that counts those units: its
+    /// mean is taken over them rather than over all units. None for the others.
+    fn denominator(&self, _name: &str) -> Option<&'static str> {
+        None
+    }
 
     /// Tokens in the batch (padding excluded), for throughput.
     fn tokens(&self, batch: &Self::Batch) -> usize;
@@ -91,6 +103,13 @@ impl Objective for Lm {
     ) -> Option<(Tensor<C, 1>, Stats)> {
         lm_loss_sum(model, batch).map(|l| (l, Vec::new()))
     }
+}
+
+fn host_f32<C: Backend>(t: Tensor<C, 1>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 fn host_values<C: Backend>(t: Tensor<C, 1>) -> Vec<f64> {
@@ -236,6 +255,92 @@ impl Objective for Dpo {
             "logps/rejected",
             host_values(policy.rejected.detach()).iter().sum(),
         ));
+        Some((out.losses.sum(), stats))
+    }
+}
+
+/// KTO (`kto`): each example's reply against the reference, around the micro-batch's KL estimate.
+pub struct Kto {
+    /// The loss settings.
+    pub cfg: KtoConfig,
+    /// The reference's log-probabilities: per row, its own reply's (`chosen`) and the mismatched
+    /// reply's (`rejected`).
+    pub reference: Reference,
+}
+
+impl Objective for Kto {
+    type Batch = FeedbackBatch;
+
+    fn stage(&self) -> &'static str {
+        "kto"
+    }
+
+    fn prepare(&self, split: Split, data: &TokenizedDataset, rows: &[usize]) -> FeedbackBatch {
+        FeedbackBatch::new(split, data, rows)
+    }
+
+    fn units(&self, batch: &FeedbackBatch) -> usize {
+        batch.rows.len()
+    }
+
+    fn denominator(&self, name: &str) -> Option<&'static str> {
+        match name {
+            "rewards/chosen" | "logps/chosen" => Some("fraction/chosen"),
+            "rewards/rejected" | "logps/rejected" => Some("fraction/rejected"),
+            _ => None,
+        }
+    }
+
+    fn tokens(&self, batch: &FeedbackBatch) -> usize {
+        batch.completions.tokens + batch.kl.tokens
+    }
+
+    fn loss<C: Backend>(
+        &self,
+        model: &Llama<C>,
+        _head: Option<&ValueHead<C>>,
+        batch: &FeedbackBatch,
+    ) -> Option<(Tensor<C, 1>, Stats)> {
+        let k = batch.rows.len();
+        if k == 0 {
+            return None;
+        }
+        let (ref_own, ref_kl) = self.reference.rows(batch.split, &batch.rows);
+        // The KL estimate is a constant of the loss: the mismatched replies go through the policy
+        // without gradients (TRL's `torch.no_grad()`).
+        let policy_kl = host_f32(row_logps(&model.clone().no_grad(), &batch.kl));
+        let kl = kl_estimate(&policy_kl, &ref_kl);
+        let policy = row_logps(model, &batch.completions);
+        let lens = batch.completions.scored_per_row();
+        let out = kto_loss(
+            &self.cfg,
+            policy.clone(),
+            &lens,
+            &ref_own,
+            kl,
+            &batch.desirable,
+        );
+        let rewards = host_values(out.rewards);
+        let logps = host_values(policy.detach());
+        let sum = |v: &[f64], want: bool| -> f64 {
+            v.iter()
+                .zip(&batch.desirable)
+                .filter(|(_, d)| **d == want)
+                .map(|(x, _)| x)
+                .sum()
+        };
+        let chosen = batch.desirable.iter().filter(|d| **d).count();
+        let stats = vec![
+            ("kl", kl * k as f64),
+            ("rewards/chosen", sum(&rewards, true)),
+            ("rewards/rejected", sum(&rewards, false)),
+            ("logps/chosen", sum(&logps, true)),
+            ("logps/rejected", sum(&logps, false)),
+            // Counts of desirable and undesirable examples: logged as their shares of the batch,
+            // and the denominators of the means above.
+            ("fraction/chosen", chosen as f64),
+            ("fraction/rejected", (k - chosen) as f64),
+        ];
         Some((out.losses.sum(), stats))
     }
 }

@@ -1,6 +1,7 @@
 //! Preference losses on the log-probabilities of chosen and rejected replies, as TRL defines them
 //! (`DPOTrainer.dpo_loss` for `sigmoid`, `ipo` and `hinge`; `CPOTrainer` for `simpo`; `ORPOTrainer`
-//! for `orpo`), and the pairwise loss of reward models.
+//! for `orpo`), KTO's loss on single replies marked desirable or not (`KTOTrainer.kto_loss`), and
+//! the pairwise loss of reward models.
 //!
 //! For pair `i`, `πc`/`πr` are the summed log-probabilities of the chosen/rejected reply's tokens under
 //! the policy, `ρc`/`ρr` under the reference, `nc`/`nr` the number of reply tokens, and
@@ -18,6 +19,18 @@
 //! `pref_ftx` adds `ftx·(−πc/nc)` (the chosen reply's mean token NLL) to every loss but `orpo`'s, which
 //! has that term already (LLaMA-Factory's definition). The logged rewards are `β(π − ρ)` with the
 //! reference, `β·π/n` without (TRL's). Losses are per pair; a batch's loss is their mean.
+//!
+//! KTO ([`kto_loss`]), for example `i` with policy and reference log-probabilities `πᵢ`, `ρᵢ` of its
+//! reply (`nᵢ` tokens) and the micro-batch's KL estimate `z₀ = max(0, mean_j(π'ⱼ − ρ'ⱼ))` over the
+//! mismatched replies `π'`, `ρ'` (a constant: no gradient flows through it):
+//!
+//! ```text
+//! desirable    λ_D·(1 − σ(β(πᵢ − ρᵢ − z₀)))  + ftx·(−πᵢ/nᵢ)
+//! undesirable  λ_U·(1 − σ(β(z₀ − (πᵢ − ρᵢ))))
+//! ```
+//!
+//! The logged rewards are `β(πᵢ − ρᵢ)`. The SFT term on desirable replies is lf's per-example form of
+//! LLaMA-Factory's `pref_ftx` for KTO.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -173,6 +186,94 @@ pub fn preference_loss<B: Backend>(
     }
 }
 
+/// The settings of KTO's loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KtoConfig {
+    /// β.
+    pub beta: f64,
+    /// λ_D, the weight of desirable examples.
+    pub desirable_weight: f64,
+    /// λ_U, the weight of undesirable examples.
+    pub undesirable_weight: f64,
+    /// Weight of the SFT term on desirable replies.
+    pub ftx: f64,
+}
+
+/// What KTO's loss computes for a batch of examples.
+///
+/// # Shapes
+/// All `[examples]`.
+#[derive(Debug, Clone)]
+pub struct KtoOut<B: Backend> {
+    /// The loss of each example (with gradients).
+    pub losses: Tensor<B, 1>,
+    /// `β(π − ρ)` of each example (no gradients).
+    pub rewards: Tensor<B, 1>,
+}
+
+/// The KL estimate of a micro-batch: `max(0, mean(π' − ρ'))` of the policy's and the reference's
+/// log-probabilities of the mismatched replies (0 for none).
+pub fn kl_estimate(policy: &[f32], reference: &[f32]) -> f64 {
+    if policy.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = policy
+        .iter()
+        .zip(reference)
+        .map(|(&p, &r)| f64::from(p) - f64::from(r))
+        .sum();
+    (sum / policy.len() as f64).max(0.0)
+}
+
+/// KTO's loss of each example (see the module's documentation).
+///
+/// # Shapes
+/// - `policy`: `[examples]`, the summed log-probabilities of each reply
+/// - `lens`, `reference`, `desirable`: `examples` values each
+pub fn kto_loss<B: Backend>(
+    cfg: &KtoConfig,
+    policy: Tensor<B, 1>,
+    lens: &[usize],
+    reference: &[f32],
+    kl: f64,
+    desirable: &[bool],
+) -> KtoOut<B> {
+    let device = policy.device();
+    let logratio = policy.clone() - host::<B>(reference, &device);
+    // 1 − σ(s·β(r − z₀)) with s = +1 for desirable replies and −1 for the others, weighted.
+    let sign: Vec<f32> = desirable
+        .iter()
+        .map(|&d| if d { 1.0 } else { -1.0 })
+        .collect();
+    let weight: Vec<f32> = desirable
+        .iter()
+        .map(|&d| {
+            if d {
+                cfg.desirable_weight
+            } else {
+                cfg.undesirable_weight
+            }
+        })
+        .map(|w| w as f32)
+        .collect();
+    let z = (logratio.clone().sub_scalar(kl) * host::<B>(&sign, &device)).mul_scalar(cfg.beta);
+    let mut losses =
+        burn::tensor::activation::sigmoid(z).neg().add_scalar(1.0) * host::<B>(&weight, &device);
+    if cfg.ftx != 0.0 {
+        // −π/n on desirable replies, 0 on the others.
+        let scale: Vec<f32> = desirable
+            .iter()
+            .zip(lens)
+            .map(|(&d, &n)| if d { -1.0 / n.max(1) as f32 } else { 0.0 })
+            .collect();
+        losses = losses + (policy * host::<B>(&scale, &device)).mul_scalar(cfg.ftx);
+    }
+    KtoOut {
+        losses,
+        rewards: logratio.mul_scalar(cfg.beta).detach(),
+    }
+}
+
 /// The reward model's pairwise loss of each pair, `−log σ(r_chosen − r_rejected − margin)`.
 ///
 /// # Shapes
@@ -316,6 +417,120 @@ mod tests {
             ..cfg(PrefLoss::Sigmoid)
         });
         close(vals(out.losses), &[1.870_957_05, 1.770_957_05]);
+    }
+
+    fn kto(ftx: f64) -> KtoConfig {
+        KtoConfig {
+            beta: 0.1,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.5,
+            ftx,
+        }
+    }
+
+    #[test]
+    fn kto_matches_the_formula() {
+        // Policy Σlog p (−10, −12, −6) over (4, 5, 2) tokens, reference (−11, −11.5, −5): log-ratios
+        // (1, −0.5, −1); the first desirable. KL estimate: mismatched policy (−20, −18, −9) against
+        // reference (−21, −18.2, −9.4): mean(1, 0.2, 0.4) = 0.5333333.
+        // s = lambda x: 1/(1+math.exp(-x)); z = 1.6/3
+        // [1 - s(0.1*(1 - z)), 1.5*(1 - s(0.1*(z + 0.5))), 1.5*(1 - s(0.1*(z + 1)))]
+        //   = [0.4883354501562881, 0.7112844435464879, 0.6926123931659802]
+        let kl = kl_estimate(&[-20.0, -18.0, -9.0], &[-21.0, -18.2, -9.4]);
+        assert!((kl - 1.6 / 3.0).abs() < 1e-6, "{kl}");
+        let policy = t(&[-10.0, -12.0, -6.0]);
+        let out = kto_loss(
+            &kto(0.0),
+            policy.clone(),
+            &[4, 5, 2],
+            &[-11.0, -11.5, -5.0],
+            kl,
+            &[true, false, false],
+        );
+        close(
+            vals(out.losses),
+            &[0.488_335_45, 0.711_284_44, 0.692_612_39],
+        );
+        close(vals(out.rewards), &[0.1, -0.05, -0.1]);
+        // The SFT term adds ftx·(−π/n) to desirable replies only: 0.5·2.5 = 1.25.
+        let out = kto_loss(
+            &kto(0.5),
+            policy,
+            &[4, 5, 2],
+            &[-11.0, -11.5, -5.0],
+            kl,
+            &[true, false, false],
+        );
+        close(
+            vals(out.losses),
+            &[1.738_335_45, 0.711_284_44, 0.692_612_39],
+        );
+    }
+
+    #[test]
+    fn kto_matches_trl_on_the_golden() {
+        // scripts/goldens/kto_loss.py: TRL's `kto_loss` (its batch mean over the concatenated
+        // desirable and undesirable losses), on seeded log-probabilities.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/align/kto_golden.json"
+        );
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let f32s = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let f64s = |v: &serde_json::Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        for c in golden["cases"].as_array().unwrap() {
+            let desirable: Vec<bool> = c["desirable"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_bool().unwrap())
+                .collect();
+            let kl = kl_estimate(&f32s(&c["kl_policy"]), &f32s(&c["kl_reference"]));
+            assert!(
+                (kl - c["kl"].as_f64().unwrap()).abs() < 1e-5,
+                "{kl} vs {}",
+                c["kl"]
+            );
+            let cfg = KtoConfig {
+                beta: c["beta"].as_f64().unwrap(),
+                desirable_weight: c["desirable_weight"].as_f64().unwrap(),
+                undesirable_weight: c["undesirable_weight"].as_f64().unwrap(),
+                ftx: 0.0,
+            };
+            let n = desirable.len();
+            let out = kto_loss(
+                &cfg,
+                t(&f32s(&c["policy"])),
+                &vec![1; n],
+                &f32s(&c["reference"]),
+                kl,
+                &desirable,
+            );
+            let losses = vals(out.losses);
+            close(losses.clone(), &f64s(&c["losses"]));
+            let mean = losses.iter().sum::<f64>() / n as f64;
+            assert!((mean - c["loss"].as_f64().unwrap()).abs() < 1e-5);
+            close(vals(out.rewards), &f64s(&c["rewards"]));
+        }
+    }
+
+    #[test]
+    fn the_kl_estimate_is_never_negative() {
+        assert_eq!(kl_estimate(&[-10.0], &[-9.0]), 0.0);
+        assert_eq!(kl_estimate(&[], &[]), 0.0);
     }
 
     #[test]

@@ -22,11 +22,11 @@ use serde_json::{Value as Json, json};
 use super::artifact::{BaseOut, write_full, write_lora};
 use super::check;
 use super::checkpoint::{self, CheckpointState, StepRecord};
-use super::objective::{Dpo, Lm, Objective, Rm};
+use super::objective::{Dpo, Kto, Lm, Objective, Rm};
 use super::order::DataOrder;
 use super::params::{FreezeSpec, Method};
 use super::plot;
-use super::pref::PrefConfig;
+use super::pref::{KtoConfig, PrefConfig};
 use super::reference::Reference;
 use super::schedule::Schedule;
 use super::trainer::{AdamW, Trainer};
@@ -124,6 +124,13 @@ pub enum Task {
         /// Another reference model than the starting one.
         ref_model: Option<Box<ModelArtifact>>,
     },
+    /// KTO (`kto`).
+    Kto {
+        /// The loss.
+        cfg: KtoConfig,
+        /// Another reference model than the starting one.
+        ref_model: Option<Box<ModelArtifact>>,
+    },
 }
 
 /// Runs a `pretrain` (`stage: pt`) or `sft` step.
@@ -212,7 +219,7 @@ fn step_seed(seed: u64, step: usize, micro: usize) -> u64 {
     r.next_u64()
 }
 
-/// The reference log-probabilities of a `dpo` step: from the scratch folder when an earlier
+/// The reference log-probabilities of a `dpo` or `kto` step: from the scratch folder when an earlier
 /// (interrupted) run computed them, else computed with `model` and saved there.
 fn reference<B: Backend>(
     job: &Job<'_, '_>,
@@ -229,7 +236,11 @@ fn reference<B: Backend>(
     }
     let model = model()?;
     let rows = job.train.len() + job.val.as_ref().map_or(0, |v| v.len());
-    let bar = job.cx.progress().bar(rows as u64, "reference pairs");
+    let unit = match job.train.info().stage {
+        Stage::Kto => "reference rows",
+        _ => "reference pairs",
+    };
+    let bar = job.cx.progress().bar(rows as u64, unit);
     let r = Reference::compute(
         &model,
         &job.train,
@@ -250,12 +261,17 @@ impl TrainingTask for Job<'_, '_> {
         // Another reference model is used (and dropped) before the policy is loaded, so the two are
         // never in memory together.
         let mut early_reference = None;
-        if let Task::Dpo {
-            cfg,
-            ref_model: Some(r),
-        } = &self.task
-            && cfg.loss.needs_reference()
-        {
+        let other_reference = match &self.task {
+            Task::Dpo {
+                cfg,
+                ref_model: Some(r),
+            } if cfg.loss.needs_reference() => Some(r),
+            Task::Kto {
+                ref_model: Some(r), ..
+            } => Some(r),
+            _ => None,
+        };
+        if let Some(r) = other_reference {
             early_reference = Some(reference::<B::InnerBackend>(&self, || {
                 let loaded = r.load::<B::InnerBackend>(&device, dtype)?;
                 Ok(loaded.merge_lora())
@@ -324,16 +340,48 @@ impl TrainingTask for Job<'_, '_> {
                 };
                 train_loop(self, trainer, Dpo { cfg, reference }, dtype)
             }
+            Task::Kto { cfg, .. } => {
+                let reference = match early_reference {
+                    Some(r) => r,
+                    None => reference::<B::InnerBackend>(&self, || {
+                        Ok(trainer.model.valid().without_lora())
+                    })?,
+                };
+                train_loop(self, trainer, Kto { cfg, reference }, dtype)
+            }
         }
     }
 }
 
-/// Means of `stats` (sums over `units`) by name.
-fn means(stats: &BTreeMap<&'static str, f64>, units: usize) -> BTreeMap<String, f64> {
+/// Means of `stats` (sums over `units`, or over the units another stat counts: see
+/// [`Objective::denominator`]) by name. A mean over no unit is left out.
+fn means<O: Objective>(
+    obj: &O,
+    stats: &BTreeMap<&'static str, f64>,
+    units: usize,
+) -> BTreeMap<String, f64> {
     stats
         .iter()
-        .map(|(k, v)| (k.to_string(), v / units.max(1) as f64))
+        .filter_map(|(k, v)| {
+            let n = match obj.denominator(k) {
+                Some(d) => stats.get(d).copied().unwrap_or(0.0),
+                None => units.max(1) as f64,
+            };
+            (n > 0.0).then(|| (k.to_string(), v / n))
+        })
         .collect()
+}
+
+/// How many of `steps` report each metric (a step whose batch had no desirable reply reports no
+/// `rewards/chosen`, say): the denominators of their means.
+fn metric_counts<'a>(steps: impl Iterator<Item = &'a StepRecord>) -> BTreeMap<&'a str, usize> {
+    let mut counts = BTreeMap::new();
+    for h in steps {
+        for k in h.metrics.keys() {
+            *counts.entry(k.as_str()).or_default() += 1;
+        }
+    }
+    counts
 }
 
 /// The shared loop: resume, optimizer steps, logs, evaluation, checkpoints, the artifact.
@@ -439,7 +487,7 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
             lr,
             grad_norm,
             tokens: denom,
-            metrics: means(&stats, denom),
+            metrics: means(&obj, &stats, denom),
         });
         let done = step + 1;
         bar.set_position(done as u64);
@@ -457,6 +505,7 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
                 "lr": lr,
                 "grad_norm": grad_norm,
             });
+            let counts = metric_counts(finite.iter().copied());
             let mut sums: BTreeMap<&str, f64> = BTreeMap::new();
             for h in &finite {
                 for (k, v) in &h.metrics {
@@ -464,7 +513,7 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
                 }
             }
             for (k, v) in sums {
-                line[k] = json!(v / n);
+                line[k] = json!(v / counts[k] as f64);
             }
             line["tokens_per_s"] = json!(window_tokens as f64 / secs);
             line["elapsed_s"] = json!(began.elapsed().as_secs_f64());
@@ -543,10 +592,11 @@ fn train_loop<B: AutodiffBackend, O: Objective>(
     let final_loss = finite.last().copied().unwrap_or(f64::NAN);
     // The objective's numbers over the last epoch (or the whole run, if shorter).
     let last_epoch = &history[history.len().saturating_sub(order.steps_per_epoch)..];
+    let counts = metric_counts(last_epoch.iter());
     let mut final_metrics: BTreeMap<String, f64> = BTreeMap::new();
     for h in last_epoch {
         for (k, v) in &h.metrics {
-            *final_metrics.entry(k.clone()).or_default() += v / last_epoch.len() as f64;
+            *final_metrics.entry(k.clone()).or_default() += v / counts[k.as_str()] as f64;
         }
     }
     let mut state = json!({
@@ -682,7 +732,7 @@ pub fn evaluate_objective<B: AutodiffBackend, O: Objective>(
     if count == 0 {
         (f64::NAN, BTreeMap::new())
     } else {
-        (sum / count as f64, means(&stats, count))
+        (sum / count as f64, means(obj, &stats, count))
     }
 }
 
