@@ -459,6 +459,12 @@ fn train(c: &mut Config, out: &mut Manifest, kind: &str, model: &str) -> Result<
     };
     for key in own {
         if let Some(v) = c.take(key) {
+            if kind == "kto" && *key == "pref_ftx" {
+                c.notes.push(format!(
+                    "pref_ftx: {} (kept as is, but lf adds it to each desirable row's loss, while LLaMA-Factory's KTO scales it by rows / desirable rows twice: with half the rows desirable, its term is 4x lf's)",
+                    inline(&v)
+                ));
+            }
             t.push(((*key).into(), scalar(&v)));
         }
     }

@@ -56,16 +56,43 @@ impl Arch {
             "mistral" => Ok(Arch::Mistral),
             "qwen2" => Ok(Arch::Qwen2),
             "qwen3" => Ok(Arch::Qwen3),
-            other => Err(Error::config(format!(
-                "unsupported model_type `{other}`\nhint: supported model types are {}",
-                SUPPORTED_MODEL_TYPES
+            other => {
+                let supported = SUPPORTED_MODEL_TYPES
                     .iter()
                     .map(|t| format!("`{t}`"))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+                    .join(", ");
+                Err(Error::config(match not_yet(other) {
+                    Some(why) => format!(
+                        "unsupported model_type `{other}`: {why}\nhint: supported model types are {supported}; see docs/design/model.md (\"Families lf does not load yet\")"
+                    ),
+                    None => format!(
+                        "unsupported model_type `{other}`\nhint: supported model types are {supported}"
+                    ),
+                }))
+            }
         }
     }
+}
+
+/// What lf lacks for a well-known family it does not load yet (`docs/design/model.md`).
+fn not_yet(model_type: &str) -> Option<&'static str> {
+    Some(match model_type {
+        "chatglm" => {
+            "ChatGLM3 ships its modeling code as remote code, with its own tokenizer code; lf does not run remote code, and GLM-4 (`glm4`), its maintained successor in transformers, is the family lf will load first"
+        }
+        "glm" | "glm4" => {
+            "GLM-4 (partial rotary embeddings, fused gate/up projection, post-norms) is not implemented yet"
+        }
+        "baichuan" => {
+            "Baichuan2 (fused `W_pack` q/k/v, `NormHead`; ALiBi in the 13B model) is not implemented yet"
+        }
+        "gemma" | "gemma2" | "gemma3" | "gemma3_text" => {
+            "Gemma (logit soft-capping, sliding-window layers, embedding scaling, (1+w) RMSNorm) is not implemented yet"
+        }
+        "phi3" => "Phi-3 (fused qkv and gate/up projections, LongRoPE) is not implemented yet",
+        _ => return None,
+    })
 }
 
 /// How RoPE frequencies are rescaled for long contexts.
@@ -570,6 +597,19 @@ mod tests {
         for t in SUPPORTED_MODEL_TYPES {
             assert!(msg.contains(t), "{msg}");
         }
+    }
+
+    #[test]
+    fn families_not_loaded_yet_say_why() {
+        let msg = ModelConfig::from_hf_json(&json!({"model_type": "chatglm"}))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("remote code") && msg.contains("glm4"), "{msg}");
+        assert!(msg.contains("docs/design/model.md"), "{msg}");
+        let msg = ModelConfig::from_hf_json(&json!({"model_type": "baichuan"}))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("W_pack"), "{msg}");
     }
 
     #[test]

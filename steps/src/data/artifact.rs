@@ -210,8 +210,14 @@ impl SplitData {
             rows: self.rows(),
             samples: self.rows(),
             tokens: tables.iter().map(|t| t.ids.len()).sum(),
+            // A KTO row's KL sequence is scored without gradients, never trained.
             trained_tokens: tables
                 .iter()
+                .take(if matches!(self, SplitData::Feedback { .. }) {
+                    1
+                } else {
+                    tables.len()
+                })
                 .map(|t| t.labels.iter().filter(|&&l| l != IGNORE).count())
                 .sum(),
             longest: tables

@@ -20,7 +20,7 @@ use super::encode::{Dropped, Encoded, Encoder, Flags, IGNORE, Outcome, Settings}
 use super::error::{DataError, Origin, list};
 use super::files::{FileKind, Row, Several, find, read_rows, read_text_lines};
 use super::format::{Layout, Message, Role, Sample, dataset_info_entry, resolve};
-use super::pack::{Key, Table, blocks, hash_order, key_of, pack, split, val_count};
+use super::pack::{Key, Table, blocks, hash_order, key_of, pack, split, split_grouped, val_count};
 use super::tokenizer::ModelTokenizer;
 
 /// How many rows [`pair_kl_replies`] looks at to find a reply to another prompt.
@@ -236,7 +236,11 @@ pub fn build(
     }
     let keys: Vec<Key> = kept_items.iter().map(|(k, _)| *k).collect();
     let val_n = val_count(kept, p.val_size).map_err(|m| anyhow::anyhow!(m))?;
-    let (train_idx, val_idx) = split(&keys, val_n, p.seed, p.shuffle);
+    let (train_idx, val_idx) = if p.stage == Stage::Kto {
+        split_grouped(&keys, val_n, p.seed, p.shuffle)
+    } else {
+        split(&keys, val_n, p.seed, p.shuffle)
+    };
 
     let packing = p.packing || p.neat_packing;
     let make = |idx: &[usize]| -> (SplitData, usize) {
@@ -536,14 +540,10 @@ fn load_dataset(
             let samples = stage_samples(stage, &layout, row)?;
             Ok(samples
                 .into_iter()
-                .enumerate()
-                .map(|(j, sample)| Item {
-                    // The second half of an unpaired preference row needs a key of its own.
-                    key: if j == 0 {
-                        key_of(&bytes)
-                    } else {
-                        key_of(&[bytes.as_slice(), format!("\0{j}").as_bytes()].concat())
-                    },
+                // The two halves of an unpaired preference row share the row's key, which keeps
+                // them in one split (`split_grouped`).
+                .map(|sample| Item {
+                    key: key_of(&bytes),
                     sample,
                     origin: row.origin.clone(),
                 })
@@ -591,13 +591,18 @@ fn has_placeholder(sample: &Sample) -> bool {
 /// only get a reply to its own prompt (one row, or one prompt throughout).
 fn pair_kl_replies(items: &mut [Item]) -> Option<String> {
     let n = items.len();
+    // Each row's prompt and reply; none for a row without a usable reply (the encoder drops it, and
+    // it must not take a good row down with it).
     let parts: Vec<Option<(&[Message], &Message)>> = items
         .iter()
         .map(|it| match &it.sample {
             Sample::Feedback { conv, .. } => conv
                 .messages
                 .split_last()
-                .filter(|(last, _)| last.role == Role::Assistant)
+                .filter(|(last, _)| {
+                    last.role == Role::Assistant
+                        && (!last.content.trim().is_empty() || last.tool_calls.is_some())
+                })
                 .map(|(last, prompt)| (prompt, last)),
             _ => None,
         })
@@ -1099,6 +1104,56 @@ mod tests {
         assert!(e.contains("no column `kto_tag`"), "{e}");
     }
 
+    /// A `kto` dataset of `rows` (JSON values) in a temporary file.
+    fn kto_run(rows: &[Json]) -> Result<(tempfile::TempDir, DatasetInfo), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rows.json");
+        std::fs::write(&file, serde_json::to_string(rows).unwrap()).unwrap();
+        let (p, inputs) = setup(json!({
+            "stage": "kto",
+            "datasets": [{"source": file.to_str().unwrap()}],
+            "shuffle": false,
+        }));
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        build(&p, &inputs, &out, &Progress::new(false))
+            .map(|info| (dir, info))
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn kto_row(prompt: &str, reply: &str, tag: bool) -> Json {
+        json!({"instruction": prompt, "output": reply, "kto_tag": tag})
+    }
+
+    #[test]
+    fn kto_partners_skip_empty_replies_and_a_lone_prompt_is_noted() {
+        // Row 4's reply is empty: it is dropped, and the row that would have taken it as its KL
+        // reply takes the next one instead of being dropped too.
+        let (_, info) = kto_run(&[
+            kto_row("a?", "A.", true),
+            kto_row("b?", "B.", false),
+            kto_row("c?", "C.", true),
+            kto_row("d?", " ", true),
+        ])
+        .unwrap();
+        assert_eq!(info.kept, 3, "{:?}", info.dropped);
+        assert!(
+            info.notes.iter().all(|n| !n.contains("KL")),
+            "{:?}",
+            info.notes
+        );
+        // One prompt throughout: every KL reply answers the row's own prompt, and a note says so.
+        let (_, info) = kto_run(&[kto_row("a?", "A.", true), kto_row("a?", "No.", false)]).unwrap();
+        assert_eq!(info.kept, 2);
+        assert!(
+            info.notes
+                .iter()
+                .any(|n| n.starts_with("2 rows have no row with another prompt")),
+            "{:?}",
+            info.notes
+        );
+    }
+
     #[test]
     fn preference_pairs_are_unpaired_for_kto() {
         let (out, info) = run(json!({
@@ -1135,6 +1190,21 @@ mod tests {
             }
         }
         assert_eq!(desirable, 3);
+        // The two halves of a pair stay in one split.
+        let (out, info) = run(json!({
+            "stage": "kto",
+            "datasets": [{"source": "pref_sharegpt.json"}],
+            "val_size": 1,
+        }));
+        assert_eq!(info.splits["val"].rows, 2, "{info:?}");
+        let val = TokenizedDataset::open(out.path(), Split::Val).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..2)
+            .map(|i| match val.example(i) {
+                Example::Feedback { completion, .. } => prompt_of(&completion),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(prompts[0], prompts[1]);
         let preview = std::fs::read_to_string(out.path().join("preview.jsonl")).unwrap();
         let first: Json = serde_json::from_str(preview.lines().next().unwrap()).unwrap();
         assert!(first["desirable"].is_boolean() && first["kl"]["sequence"].is_object());

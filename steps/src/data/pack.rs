@@ -52,7 +52,37 @@ pub fn hash_order(keys: &[Key], seed: u64, salt: &str) -> Vec<usize> {
 /// Splits rows into (train, validation) indices: the `val` rows with the smallest seeded hashes are
 /// validation; training keeps the input order, or a seeded shuffle of it.
 pub fn split(keys: &[Key], val: usize, seed: u64, shuffle: bool) -> (Vec<usize>, Vec<usize>) {
+    split_ranked(
+        keys,
+        &hash_order(keys, seed, "lf-split"),
+        val,
+        seed,
+        shuffle,
+    )
+}
+
+/// As [`split`], but rows with equal keys (the two halves of a preference row unpaired for KTO) go
+/// to the same split: the validation split takes one row more where its boundary would part them.
+pub fn split_grouped(
+    keys: &[Key],
+    mut val: usize,
+    seed: u64,
+    shuffle: bool,
+) -> (Vec<usize>, Vec<usize>) {
     let by_rank = hash_order(keys, seed, "lf-split");
+    while val > 0 && val < keys.len() && keys[by_rank[val]] == keys[by_rank[val - 1]] {
+        val += 1;
+    }
+    split_ranked(keys, &by_rank, val, seed, shuffle)
+}
+
+fn split_ranked(
+    keys: &[Key],
+    by_rank: &[usize],
+    val: usize,
+    seed: u64,
+    shuffle: bool,
+) -> (Vec<usize>, Vec<usize>) {
     let mut val_idx: Vec<usize> = by_rank[..val].to_vec();
     val_idx.sort_unstable();
     let mut is_val = vec![false; keys.len()];

@@ -61,10 +61,14 @@ impl Step for Dataset {
                 }
             }
         }
-        if p.stage == Stage::Rm && (p.packing || p.neat_packing) {
+        if matches!(p.stage, Stage::Rm | Stage::Kto) && (p.packing || p.neat_packing) {
             problems.push(Problem::new(
                 key(if p.packing { "packing" } else { "neat_packing" }),
-                "preference pairs cannot be packed",
+                if p.stage == Stage::Rm {
+                    "preference pairs cannot be packed"
+                } else {
+                    "KTO rows cannot be packed"
+                },
             ));
         }
         if p.stage == Stage::Pt && p.packing {

@@ -331,9 +331,7 @@ fn kto_starts_at_half_its_weight_and_learns_what_is_desirable() {
     let before = margin(&t.model.valid());
     let mut losses = Vec::new();
     for _ in 0..4 {
-        let (loss, stats) = obj.loss(&t.model, None, &batch).unwrap();
-        let kl = stats.iter().find(|(k, _)| *k == "kl").unwrap().1;
-        assert!(kl >= 0.0, "{stats:?}");
+        let (loss, _) = obj.loss(&t.model, None, &batch).unwrap();
         losses.push(t.backward(loss, 4.0) / 4.0);
         t.step(2e-2, 1.0);
     }
