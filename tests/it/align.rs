@@ -416,3 +416,49 @@ fn kto_trains_on_unpaired_preferences_and_refuses_pair_data() {
         &["`packing`: KTO rows cannot be packed"],
     );
 }
+
+#[test]
+fn a_killed_kto_run_resumes_to_the_same_bytes() {
+    // The KTO step's reference (own and mismatched replies) is cached in its scratch folder and
+    // read back on resuming; the result must be what an uninterrupted run writes.
+    let text = manifest(
+        r#"  feedback:
+    kind: dataset
+    model: base
+    datasets: [{source: prefs}]
+    stage: kto
+    cutoff_len: 160
+  kto:
+    kind: kto
+    model: base
+    dataset: feedback
+    max_steps: 40
+    batch_size: 4
+    learning_rate: 1.0e-3
+    save_steps: 3
+"#,
+    );
+    let reference = Project::new();
+    reference.write("p.yaml", &text);
+    ok(&reference.lf(&["run", "p.yaml", "--only", "feedback"]));
+    let start = std::time::Instant::now();
+    ok(&reference.lf(&["run", "p.yaml"]));
+    let train_ms = start.elapsed().as_millis() as u64;
+    let expected = reference.outputs("p.yaml");
+
+    let p = Project::new();
+    p.write("p.yaml", &text);
+    ok(&p.lf(&["run", "p.yaml", "--only", "feedback"]));
+    for delay in [train_ms / 3, train_ms * 2 / 3] {
+        let mut child = p.spawn(&["run", "p.yaml"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    ok(&p.lf(&["run", "p.yaml"]));
+    assert_eq!(
+        p.outputs("p.yaml"),
+        expected,
+        "outputs differ after resuming"
+    );
+}
