@@ -1,12 +1,13 @@
 """KTO loss golden: tests/fixtures/align/kto_golden.json.
 
-Mirrors TRL's `KTOTrainer.kto_loss` (loss_type "kto") in plain Python, so it runs without torch:
+Mirrors TRL's KTO loss (loss_type "kto") in plain Python, so it runs without torch. Checked against
+TRL 1.16.0 (PyPI), `KTOTrainer._compute_loss` in trl/trainer/kto_trainer.py, whose loss lines are:
 
     kl = max(0, mean(policy_KL_logps - reference_KL_logps))           # detached
     chosen_losses   = 1 - sigmoid(beta * ((pc - rc) - kl))            # desirable examples
     rejected_losses = 1 - sigmoid(beta * (kl - (pr - rr)))            # undesirable examples
     losses = cat(desirable_weight * chosen_losses, undesirable_weight * rejected_losses)
-    loss = losses.mean()
+    loss = losses.nanmean()
     chosen_rewards = beta * (pc - rc); rejected_rewards = beta * (pr - rr)
 
 Inputs are seeded random log-probabilities; values are computed in float64 and written with 17
