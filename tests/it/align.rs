@@ -2,7 +2,7 @@
 //! reward model keeps its value head, changing β re-runs only `dpo` and what reads it, and bad
 //! preference settings are refused before anything runs.
 
-use crate::common::{Project, Run, ok};
+use crate::common::{Project, Run, TINY_STEPS, ok};
 use serde_json::Value as Json;
 
 /// tokenizer → tiny model → built-in preference pairs (and identity conversations) → `steps`.
@@ -11,18 +11,7 @@ fn manifest(steps: &str) -> String {
         r#"name: align-test
 vars: {{name: Lumi, author: the lf authors}}
 steps:
-  tok:
-    kind: tokenizer
-    source: builtin:corpus
-    vocab_size: 320
-  base:
-    kind: model
-    tokenizer: tok
-    hidden_size: 32
-    intermediate_size: 64
-    num_hidden_layers: 2
-    num_attention_heads: 2
-  prefs:
+{TINY_STEPS}  prefs:
     kind: template
     source: builtin:identity_pref
     vars: {{name: "{{{{ vars.name }}}}", author: "{{{{ vars.author }}}}"}}

@@ -1,32 +1,17 @@
 //! `lf import llamafactory`: LLaMA-Factory configs (`tests/fixtures/llamafactory/`) become manifests
 //! that validate and run, with every key lf did not map left as a comment.
 
-use crate::common::{Project, ok};
+use crate::common::{Project, TINY_STEPS, ok};
 
 fn fixture(name: &str) -> String {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
-const BASE: &str = "name: base
-steps:
-  tok:
-    kind: tokenizer
-    source: builtin:corpus
-    vocab_size: 320
-  base:
-    kind: model
-    tokenizer: tok
-    hidden_size: 32
-    intermediate_size: 64
-    num_hidden_layers: 2
-    num_attention_heads: 2
-";
-
 #[test]
 fn a_llamafactory_training_config_imports_and_trains() {
     let p = Project::new();
-    p.write("base.yaml", BASE);
+    p.write("base.yaml", &format!("name: base\nsteps:\n{TINY_STEPS}"));
     ok(&p.lf(&["run", "base.yaml"]));
     // LLaMA-Factory's layout: the config, and data/ with its dataset_info.json.
     for f in [

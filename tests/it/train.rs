@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Project, ok};
+use crate::common::{Project, TINY_STEPS, ok};
 
 /// tokenizer → tiny model → pretraining data → pretrain (and identity data for sft).
 fn manifest(train: &str) -> String {
@@ -11,18 +11,7 @@ fn manifest(train: &str) -> String {
         r#"name: train-test
 vars: {{name: Lumi, author: the lf authors}}
 steps:
-  tok:
-    kind: tokenizer
-    source: builtin:corpus
-    vocab_size: 320
-  base:
-    kind: model
-    tokenizer: tok
-    hidden_size: 32
-    intermediate_size: 64
-    num_hidden_layers: 2
-    num_attention_heads: 2
-  text:
+{TINY_STEPS}  text:
     kind: dataset
     model: base
     datasets: [{{source: builtin:corpus}}]

@@ -144,3 +144,18 @@ pub fn ok(run: &Run) {
         run.stdout, run.stderr
     );
 }
+
+/// The steps most integration manifests start from, as lines under `steps:`: `tok`, a BPE tokenizer
+/// of 320 tokens trained on the built-in corpus, and `base`, a seeded 2-layer Llama of width 32.
+pub const TINY_STEPS: &str = "  tok:
+    kind: tokenizer
+    source: builtin:corpus
+    vocab_size: 320
+  base:
+    kind: model
+    tokenizer: tok
+    hidden_size: 32
+    intermediate_size: 64
+    num_hidden_layers: 2
+    num_attention_heads: 2
+";
