@@ -82,7 +82,7 @@ fn not_yet(model_type: &str) -> Option<&'static str> {
             "ChatGLM3 ships its modeling code as remote code, with its own tokenizer code; lf does not run remote code, and GLM-4 (`glm4`), its maintained successor in transformers, is the family lf will load first"
         }
         "glm" | "glm4" => {
-            "GLM-4 (partial rotary embeddings, fused gate/up projection, post-norms) is not implemented yet"
+            "GLM-4 (partial rotary embeddings, a fused gate/up projection; post-norms in `glm4`) is not implemented yet"
         }
         "baichuan" => {
             "Baichuan2 (fused `W_pack` q/k/v, `NormHead`; ALiBi in the 13B model) is not implemented yet"

@@ -359,7 +359,7 @@ fn kto_trains_on_unpaired_preferences_and_refuses_pair_data() {
     let want = 0.5 * share + 0.6 * (1.0 - share);
     let got = first["loss"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-4, "{got} vs {want}");
-    assert!(first["kl"].as_f64().unwrap().abs() < 1e-6, "{first}");
+    assert!(first["kl"].as_f64().unwrap().abs() < 1e-4, "{first}");
 
     // `dpo` on KTO data, and `kto` on pairs, are refused before they run.
     p.write(
@@ -435,19 +435,31 @@ fn a_killed_kto_run_resumes_to_the_same_bytes() {
     let train_ms = start.elapsed().as_millis() as u64;
     let expected = reference.outputs("p.yaml");
 
-    let p = Project::new();
-    p.write("p.yaml", &text);
-    ok(&p.lf(&["run", "p.yaml", "--only", "feedback"]));
-    for delay in [train_ms / 3, train_ms * 2 / 3] {
+    // Kill at different moments until a run has resumed from a checkpoint.
+    let mut resumed = false;
+    for try_ in 1..=3u64 {
+        let p = Project::new();
+        p.write("p.yaml", &text);
+        ok(&p.lf(&["run", "p.yaml", "--only", "feedback"]));
         let mut child = p.spawn(&["run", "p.yaml"]);
-        std::thread::sleep(std::time::Duration::from_millis(delay));
+        std::thread::sleep(std::time::Duration::from_millis(train_ms * try_ / 4));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        let last = p.lf(&["run", "p.yaml", "--json"]);
+        ok(&last);
+        assert_eq!(
+            p.outputs("p.yaml"),
+            expected,
+            "outputs differ after resuming"
+        );
+        resumed |= last.json()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "kto" && s["metrics"]["resumed_from_step"].is_u64());
+        if resumed {
+            break;
+        }
     }
-    ok(&p.lf(&["run", "p.yaml"]));
-    assert_eq!(
-        p.outputs("p.yaml"),
-        expected,
-        "outputs differ after resuming"
-    );
+    assert!(resumed, "no run resumed from a checkpoint");
 }

@@ -41,6 +41,9 @@ pub struct Inputs {
 /// One converted row.
 struct Item {
     key: Key,
+    /// The row it comes from (the two halves of a preference row unpaired for KTO share it; for
+    /// every other row it is `key`).
+    group: Key,
     sample: Sample,
     /// Where the row comes from, to name it when it is dropped.
     origin: Origin,
@@ -229,15 +232,17 @@ pub fn build(
 
     // Keep the encoded rows with their keys and texts.
     let mut kept_items = Vec::with_capacity(kept);
+    let mut groups = Vec::with_capacity(kept);
     for (it, o) in items.iter().zip(outcomes) {
         if !matches!(o, Outcome::Dropped(..)) {
             kept_items.push((it.key, o));
+            groups.push(it.group);
         }
     }
     let keys: Vec<Key> = kept_items.iter().map(|(k, _)| *k).collect();
     let val_n = val_count(kept, p.val_size).map_err(|m| anyhow::anyhow!(m))?;
     let (train_idx, val_idx) = if p.stage == Stage::Kto {
-        split_grouped(&keys, val_n, p.seed, p.shuffle)
+        split_grouped(&groups, &keys, val_n, p.seed, p.shuffle).map_err(|m| anyhow::anyhow!(m))?
     } else {
         split(&keys, val_n, p.seed, p.shuffle)
     };
@@ -540,10 +545,16 @@ fn load_dataset(
             let samples = stage_samples(stage, &layout, row)?;
             Ok(samples
                 .into_iter()
-                // The two halves of an unpaired preference row share the row's key, which keeps
-                // them in one split (`split_grouped`).
-                .map(|sample| Item {
-                    key: key_of(&bytes),
+                // The two halves of an unpaired preference row share the row's group, which keeps
+                // them in one split (`split_grouped`); each has a key of its own for the shuffle.
+                .enumerate()
+                .map(|(j, sample)| Item {
+                    key: if j == 0 {
+                        key_of(&bytes)
+                    } else {
+                        key_of(&[bytes.as_slice(), format!("\0{j}").as_bytes()].concat())
+                    },
+                    group: key_of(&bytes),
                     sample,
                     origin: row.origin.clone(),
                 })
@@ -741,6 +752,7 @@ fn mix(p: &DatasetParams, mut per_dataset: Vec<Vec<Item>>) -> Vec<Item> {
         let i = cursor[pick];
         out.push(Item {
             key: d[i].key,
+            group: d[i].group,
             sample: d[i].sample.clone(),
             origin: d[i].origin.clone(),
         });
@@ -1205,6 +1217,13 @@ mod tests {
             })
             .collect();
         assert_eq!(prompts[0], prompts[1]);
+        // A validation split that would take both halves of the only pairs fails, saying why.
+        let e = fails(json!({
+            "stage": "kto",
+            "datasets": [{"source": "pref_sharegpt.json", "max_samples": 1}],
+            "val_size": 1,
+        }));
+        assert!(e.contains("leaves none to train on"), "{e}");
         let preview = std::fs::read_to_string(out.path().join("preview.jsonl")).unwrap();
         let first: Json = serde_json::from_str(preview.lines().next().unwrap()).unwrap();
         assert!(first["desirable"].is_boolean() && first["kl"]["sequence"].is_object());

@@ -61,19 +61,37 @@ pub fn split(keys: &[Key], val: usize, seed: u64, shuffle: bool) -> (Vec<usize>,
     )
 }
 
-/// As [`split`], but rows with equal keys (the two halves of a preference row unpaired for KTO) go
-/// to the same split: the validation split takes one row more where its boundary would part them.
+/// As [`split`], but rows of one group (the two halves of a preference row unpaired for KTO) go to
+/// the same split: the validation split takes the rest of a group its boundary would cut, or leaves
+/// the group out when taking it would leave no row to train on. `groups` decide the split, `keys`
+/// the shuffled order, so the rows of a group do not stay side by side. Err if the validation split
+/// cannot hold whole groups and leave a training row.
 pub fn split_grouped(
+    groups: &[Key],
     keys: &[Key],
-    mut val: usize,
+    val: usize,
     seed: u64,
     shuffle: bool,
-) -> (Vec<usize>, Vec<usize>) {
-    let by_rank = hash_order(keys, seed, "lf-split");
-    while val > 0 && val < keys.len() && keys[by_rank[val]] == keys[by_rank[val - 1]] {
-        val += 1;
+) -> Result<(Vec<usize>, Vec<usize>), String> {
+    let by_rank = hash_order(groups, seed, "lf-split");
+    let same = |a: usize, b: usize| groups[by_rank[a]] == groups[by_rank[b]];
+    let mut cut = val;
+    while cut > 0 && cut < groups.len() && same(cut, cut - 1) {
+        cut += 1;
     }
-    split_ranked(keys, &by_rank, val, seed, shuffle)
+    if val > 0 && cut == groups.len() {
+        cut = val;
+        while cut > 0 && same(cut, cut - 1) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            return Err(format!(
+                "`val_size` asks for {val} validation rows of {}, but the rows of one unpaired preference pair stay together and that leaves none to train on",
+                groups.len()
+            ));
+        }
+    }
+    Ok(split_ranked(keys, &by_rank, cut, seed, shuffle))
 }
 
 fn split_ranked(
@@ -98,6 +116,40 @@ fn split_ranked(
         (0..keys.len()).filter(|&i| !is_val[i]).collect()
     };
     (train, val_idx)
+}
+
+#[cfg(test)]
+mod grouped_tests {
+    use super::*;
+
+    #[test]
+    fn grouped_splits_keep_groups_whole_and_leave_training_rows() {
+        // Three groups of two rows; the rows of a group have keys of their own.
+        let groups: Vec<Key> = (0..6u8).map(|i| key_of(&[i / 2])).collect();
+        let keys: Vec<Key> = (0..6u8).map(|i| key_of(&[100 + i])).collect();
+        for val in 1..=5 {
+            match split_grouped(&groups, &keys, val, 7, true) {
+                Ok((train, val_idx)) => {
+                    assert!(!train.is_empty() && !val_idx.is_empty(), "val {val}");
+                    for &i in &val_idx {
+                        assert!(
+                            val_idx.contains(&(i ^ 1)),
+                            "val {val}: row {i} without its pair"
+                        );
+                    }
+                    assert_eq!(train.len() + val_idx.len(), 6);
+                }
+                Err(e) => panic!("val {val}: {e}"),
+            }
+        }
+        // One group only: nothing can be held out.
+        let one = [groups[0], groups[0]];
+        assert!(split_grouped(&one, &keys[..2], 1, 7, true).is_err());
+        assert_eq!(
+            split_grouped(&one, &keys[..2], 0, 7, true).unwrap().1,
+            Vec::<usize>::new()
+        );
+    }
 }
 
 /// Packs items of the given lengths into bins of `capacity` (best fit, longest first). Returns the
